@@ -1,0 +1,20 @@
+"""V3 node registration. Node ids are published API: never rename them."""
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import paths
+from .expert_nodes import VAPApplyExpert, VAPExpertLoader
+
+NODE_LIST: list[type[io.ComfyNode]] = [VAPExpertLoader, VAPApplyExpert]
+
+
+class VAPExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODE_LIST)
+
+
+async def comfy_entrypoint() -> VAPExtension:
+    paths.register_model_folder()
+    return VAPExtension()

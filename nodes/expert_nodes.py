@@ -1,0 +1,62 @@
+"""Load a VAP expert and attach it to a native base MODEL."""
+import os
+
+from comfy_api.latest import io
+
+from . import paths
+
+VAPExpertType = io.Custom("VAP_EXPERT")
+
+
+class VAPExpertLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VAPExpertLoader",
+            display_name="Load VAP Expert",
+            category="VAP",
+            description="Loads the Video-As-Prompt MoT expert (the *_mot_ref weights) from models/vap/. "
+                        "Accepts an expert file written by 'python -m vap_core.convert' or an official "
+                        "single-file VAP checkpoint. The base model is loaded separately with ComfyUI's own loader.",
+            inputs=[
+                io.Combo.Input("expert_name", options=paths.expert_files(),
+                               tooltip="A file in models/vap/: the converted expert (recommended) or the "
+                                       "official VAP transformer as one safetensors file."),
+            ],
+            outputs=[io.Custom("VAP_EXPERT").Output(display_name="vap_expert",
+                                                    tooltip="Connect to 'Apply VAP Expert'.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, expert_name):
+        # a file replaced under the same name must not be served from cache
+        path = paths.expert_path(expert_name)
+        return f"{path}:{os.path.getmtime(path)}:{os.path.getsize(path)}"
+
+    @classmethod
+    def execute(cls, expert_name) -> io.NodeOutput:
+        from ..vap_core.expert_loading import load_expert
+        return io.NodeOutput(load_expert(paths.expert_path(expert_name)))
+
+
+class VAPApplyExpert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VAPApplyExpert",
+            display_name="Apply VAP Expert",
+            category="VAP",
+            description="Adds the VAP expert to a native Wan2.1-I2V-14B (or CogVideoX-5B-I2V) MODEL. The result "
+                        "is a normal MODEL: LoRA loaders, ModelSamplingSD3 and KSampler keep working. Without a "
+                        "VAP reference in the conditioning it behaves exactly like the base.",
+            inputs=[
+                io.Model.Input("model", tooltip="The base model from 'Load Diffusion Model' (fp16, fp8 or GGUF)."),
+                io.Custom("VAP_EXPERT").Input("vap_expert", tooltip="From 'Load VAP Expert'."),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, vap_expert) -> io.NodeOutput:
+        from ..vap_core.expert_loading import apply_expert
+        return io.NodeOutput(apply_expert(model, vap_expert))

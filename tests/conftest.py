@@ -1,0 +1,20 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import host  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """This pack imported against the real ComfyUI host (skips with the reason when there is none)."""
+    if host.COMFYUI_PATH is None:
+        pytest.skip(f"ComfyUI host not found: {host.HOW_FOUND}")
+    return host.import_host()
+
+
+def pytest_report_header(config):
+    return [f"ComfyUI host: {host.COMFYUI_PATH or 'NONE'} ({host.HOW_FOUND})",
+            f"golden dir: {host.golden_dir() or 'NONE (set VAP_GOLDEN_DIR)'}"]

@@ -1,0 +1,26 @@
+"""Variant dispatch for loading and applying experts (the nodes' single entry point)."""
+from __future__ import annotations
+
+from .checkpoint import COG, WAN
+from .errors import VAPFormatError
+from .expert_file import read_expert
+
+
+def load_expert(path: str):
+    sd, metadata = read_expert(path)
+    variant = metadata.get("vap_variant")
+    if variant == WAN:
+        from .wan_apply import build_wan_expert
+        return build_wan_expert(sd, metadata, source=path)
+    if variant == COG:
+        from .cog_apply import build_cog_expert
+        return build_cog_expert(sd, metadata, source=path)
+    raise VAPFormatError(f"'{path}': unknown VAP variant '{variant}'. Convert the official checkpoint again.")
+
+
+def apply_expert(model, expert):
+    if expert.variant == WAN:
+        from .wan_apply import apply_expert as apply_wan
+        return apply_wan(model, expert)
+    from .cog_apply import apply_expert as apply_cog
+    return apply_cog(model, expert)

@@ -1,0 +1,133 @@
+"""Mixture-of-Transformers forward for Wan2.1 VAP on ComfyUI's native ``WanModel``.
+
+Target tokens run through the base model's own modules exactly as ``WanModel.forward_orig`` runs
+them. Reference tokens get the expert's embeddings; in every expert block the two streams share
+one joint self-attention (``optimized_attention``, so sage/flash/pytorch backends apply) and keep
+their own output projection, cross-attention, FFN and modulation. Blocks without an expert run the
+plain base block on the target and leave the reference untouched. Only the target is decoded.
+"""
+from __future__ import annotations
+
+import torch
+
+import comfy.ldm.common_dit
+import comfy.model_management
+from comfy.ldm.flux.math import apply_rope1
+from comfy.ldm.modules.attention import optimized_attention
+from comfy.ldm.wan.model import sinusoidal_embedding_1d
+
+# The official pipeline feeds the clean reference with the constant timestep 1 (0..1000 scale).
+REFERENCE_TIMESTEP = 1.0
+
+
+def _modulation(block, e):
+    """Six [B, 1, C] modulation vectors of a Wan block for a [B, 1, 6, C] time projection."""
+    return (comfy.model_management.cast_to(block.modulation, dtype=e.dtype, device=e.device).unsqueeze(0) + e).unbind(2)
+
+
+def _qkv(attn, x, freqs):
+    b, s = x.shape[:2]
+    n, d = attn.num_heads, attn.head_dim
+    q = apply_rope1(attn.norm_q(attn.q(x)).view(b, s, n, d), freqs)
+    k = apply_rope1(attn.norm_k(attn.k(x)).view(b, s, n, d), freqs)
+    return q.view(b, s, n * d), k.view(b, s, n * d), attn.v(x)
+
+
+def joint_block(block, expert_block, x, r, e, e_ref, freqs, freqs_ref, context, context_img_len,
+                ref_context, ref_context_img_len, transformer_options):
+    """One MoT block: base ``block`` on target ``x``, ``expert_block`` on reference ``r``."""
+    mx = _modulation(block, e)
+    mr = _modulation(expert_block, e_ref)
+    x = x.contiguous()
+    r = r.contiguous()
+
+    q, k, v = _qkv(block.self_attn, torch.addcmul(mx[0], block.norm1(x), 1 + mx[1]), freqs)
+    qr, kr, vr = _qkv(expert_block.self_attn, torch.addcmul(mr[0], expert_block.norm1(r), 1 + mr[1]), freqs_ref)
+    if qr.shape[0] != q.shape[0]:
+        qr, kr, vr = (t.expand(q.shape[0], -1, -1) for t in (qr, kr, vr))
+    joint = optimized_attention(torch.cat((q, qr), 1), torch.cat((k, kr), 1), torch.cat((v, vr), 1),
+                                heads=block.self_attn.num_heads, transformer_options=transformer_options)
+    del q, k, v, qr, kr, vr
+    s = x.shape[1]
+    x = torch.addcmul(x, block.self_attn.o(joint[:, :s]), mx[2])
+    r = torch.addcmul(r, expert_block.self_attn.o(joint[:, s:]), mr[2])
+    del joint
+
+    x = x + block.cross_attn(block.norm3(x), context, context_img_len=context_img_len, transformer_options=transformer_options)
+    r = r + expert_block.cross_attn(expert_block.norm3(r), ref_context, context_img_len=ref_context_img_len,
+                                    transformer_options=transformer_options)
+
+    x = torch.addcmul(x, block.ffn(torch.addcmul(mx[3], block.norm2(x), 1 + mx[4])), mx[5])
+    r = torch.addcmul(r, expert_block.ffn(torch.addcmul(mr[3], expert_block.norm2(r), 1 + mr[4])), mr[5])
+    return x, r
+
+
+def _time_projection(module_owner, t, dtype):
+    e = module_owner.time_embedding(sinusoidal_embedding_1d(module_owner.freq_dim, t.flatten()).to(dtype=dtype))
+    e = e.reshape(t.shape[0], -1, e.shape[-1])
+    return e, module_owner.time_projection(e).unflatten(2, (6, module_owner.dim))
+
+
+def reference_stream(wan, expert, ref_latent, ref_context, ref_clip_fea, dtype, transformer_options,
+                     ref_timestep=REFERENCE_TIMESTEP):
+    """Everything about the reference that does not depend on the target or the step:
+    tokens, RoPE table (temporal positions -F..-1), modulation and cross-attention context."""
+    ref = comfy.ldm.common_dit.pad_to_patch_size(ref_latent, wan.patch_size)
+    f, h, w = ref.shape[2:]
+    freqs_ref = wan.rope_encode(f, h, w, t_start=-f, device=ref.device, dtype=dtype, transformer_options=transformer_options)
+    r = expert.patch_embedding(ref.float()).to(dtype).flatten(2).transpose(1, 2)
+    t_ref = torch.full((1,), float(ref_timestep), device=ref.device, dtype=torch.float32)
+    _, e_ref = _time_projection(expert, t_ref, dtype)
+    ctx = expert.text_embedding(ref_context)
+    ctx_img_len = None
+    if ref_clip_fea is not None:
+        ctx = torch.cat([expert.img_emb(ref_clip_fea), ctx], dim=1)
+        ctx_img_len = ref_clip_fea.shape[-2]
+    return {"tokens": r, "freqs": freqs_ref, "e": e_ref, "context": ctx, "context_img_len": ctx_img_len}
+
+
+def vap_forward(wan, expert, x, timestep, context, clip_fea, transformer_options, ref):
+    """Target prediction of the MoT model. ``ref`` comes from ``reference_stream``."""
+    bs, c, t, h, w = x.shape
+    x = comfy.ldm.common_dit.pad_to_patch_size(x, wan.patch_size)
+    freqs = wan.rope_encode(t, h, w, device=x.device, dtype=x.dtype, transformer_options=transformer_options)
+
+    x = wan.patch_embedding(x.float()).to(x.dtype)
+    grid_sizes = x.shape[2:]
+    transformer_options["grid_sizes"] = grid_sizes
+    x = x.flatten(2).transpose(1, 2)
+    e, e0 = _time_projection(wan, timestep, x.dtype)
+
+    context = wan.text_embedding(context)
+    context_img_len = None
+    if clip_fea is not None:
+        if wan.img_emb is not None:
+            context = torch.concat([wan.img_emb(clip_fea), context], dim=1)
+        context_img_len = clip_fea.shape[-2]
+
+    r = ref["tokens"]
+    callback = transformer_options.get("vap_block_callback")
+    blocks_replace = transformer_options.get("patches_replace", {}).get("dit", {})
+    transformer_options["total_blocks"] = len(wan.blocks)
+    transformer_options["block_type"] = "double"
+    for i, block in enumerate(wan.blocks):
+        transformer_options["block_index"] = i
+        expert_block = expert.block(i)
+        if expert_block is not None:
+            x, r = joint_block(block, expert_block, x, r, e0, ref["e"], freqs, ref["freqs"], context, context_img_len,
+                               ref["context"], ref["context_img_len"], transformer_options)
+        elif ("double_block", i) in blocks_replace:
+            def block_wrap(args, block=block):
+                return {"img": block(args["img"], context=args["txt"], e=args["vec"], freqs=args["pe"],
+                                     context_img_len=context_img_len, transformer_options=args["transformer_options"])}
+            x = blocks_replace[("double_block", i)](
+                {"img": x, "txt": context, "vec": e0, "pe": freqs, "transformer_options": transformer_options},
+                {"original_block": block_wrap})["img"]
+        else:
+            x = block(x, e=e0, freqs=freqs, context=context, context_img_len=context_img_len,
+                      transformer_options=transformer_options)
+        if callback is not None:
+            callback(i, x, r)
+
+    x = wan.head(x, e)
+    return wan.unpatchify(x, grid_sizes)[:, :, :t, :h, :w]
