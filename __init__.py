@@ -1,5 +1,10 @@
 """ComfyUI-VAP: Video-As-Prompt (ByteDance, ICLR 2026) on ComfyUI's native Wan / CogVideoX models.
 
-Import is light: node classes only; model code loads when a node runs.
+Importing the pack does nothing heavy: ComfyUI calls ``comfy_entrypoint`` (V3), which imports the
+node modules; model code loads only when a node runs.
 """
-from .nodes import comfy_entrypoint  # noqa: F401  (ComfyUI's V3 entry point)
+
+
+async def comfy_entrypoint():
+    from .nodes import comfy_entrypoint as entrypoint
+    return await entrypoint()

@@ -3,7 +3,9 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, TESTS)
+sys.path.insert(0, os.path.dirname(TESTS))  # host-free tests import the top-level vap_core
 import host  # noqa: E402
 
 

@@ -5,7 +5,9 @@ Where the host is looked for, in order: ``COMFYUI_PATH``; the ComfyUI that holds
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import pkgutil
 import os
 import sys
 
@@ -61,6 +63,11 @@ def import_pack():
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACK_NAME] = module
     spec.loader.exec_module(module)
+    # import every submodule so tests can write pack.vap_core.convert, pack.nodes.expert_nodes, ...
+    for sub in ("vap_core", "nodes"):
+        package = importlib.import_module(f"{PACK_NAME}.{sub}")
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{PACK_NAME}.{sub}.{info.name}")
     return module
 
 
