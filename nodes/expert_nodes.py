@@ -52,11 +52,23 @@ class VAPApplyExpert(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The base model from 'Load Diffusion Model' (fp16, fp8 or GGUF)."),
                 io.Custom("VAP_EXPERT").Input("vap_expert", tooltip="From 'Load VAP Expert'."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, optional=True, advanced=True,
+                               tooltip="Fraction of the sampling steps after which the expert starts. 0 = from the "
+                                       "first step (official)."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True, advanced=True,
+                               tooltip="Fraction of the sampling steps after which the expert stops and the plain base "
+                                       "runs (faster, weaker transfer). 1 = to the last step (official)."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
-    def execute(cls, model, vap_expert) -> io.NodeOutput:
+    def validate_inputs(cls, start_percent=0.0, end_percent=1.0, **_):
+        if start_percent > end_percent:
+            return f"start_percent ({start_percent}) must not be after end_percent ({end_percent})."
+        return True
+
+    @classmethod
+    def execute(cls, model, vap_expert, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
         from ..vap_core.expert_loading import apply_expert
-        return io.NodeOutput(apply_expert(model, vap_expert))
+        return io.NodeOutput(apply_expert(model, vap_expert, start_percent, end_percent))

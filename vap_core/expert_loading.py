@@ -18,9 +18,10 @@ def load_expert(path: str):
     raise VAPFormatError(f"'{path}': unknown VAP variant '{variant}'. Convert the official checkpoint again.")
 
 
-def apply_expert(model, expert):
+def apply_expert(model, expert, start: float = 0.0, end: float = 1.0):
+    """``start``/``end``: fraction of the sampling schedule in which the expert runs (default: all)."""
     if expert.variant == WAN:
         from .wan_apply import apply_expert as apply_wan
-        return apply_wan(model, expert)
+        return apply_wan(model, expert, start, end)
     from .cog_apply import apply_expert as apply_cog
-    return apply_cog(model, expert)
+    return apply_cog(model, expert, start, end)

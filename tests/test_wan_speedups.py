@@ -1,0 +1,110 @@
+"""The speed-ups change nothing beyond float32 noise: cached reference work, batched CFG, and the
+optional expert active range; ComfyUI's memory estimate counts the reference tokens."""
+import pytest
+import torch
+
+from wan_fixtures import convert_and_load, random_inputs, ref_kwargs, write_official_folder
+
+CONFIG = {"num_layers": 3, "block_idx_with_mot_ref": [0, 2], "text_dim": 32, "ffn_dim": 64}
+
+
+@pytest.fixture
+def tiny(pack, tmp_path):
+    from vap_core.tiny_wan import official_wan_mot_state_dict
+    sd, cfg = official_wan_mot_state_dict(CONFIG, seed=11)
+    write_official_folder(str(tmp_path / "vap"), sd, cfg)
+    base, expert, _ = convert_and_load(pack, str(tmp_path / "vap"), str(tmp_path))
+    return base, expert, cfg
+
+
+def _call(patched, i, options, batch=slice(None)):
+    options = {"wrappers": patched.wrappers, **options}
+    kwargs = {k: v[batch] for k, v in i["ref"].items()}
+    with torch.no_grad():
+        return patched.model.diffusion_model(i["x"][batch], i["t"][batch], i["context"][batch],
+                                             clip_fea=i["clip"][batch], transformer_options=options, **kwargs)
+
+
+def _inputs(pack, cfg, batch=2):
+    i = random_inputs(cfg, seed=12, batch=batch)
+    i["ref"] = ref_kwargs(pack, i["ref_latent"], i["ref_context"], i["ref_clip"])
+    return i
+
+
+def test_cached_reference_equals_uncached(pack, tiny, monkeypatch):
+    base, expert, cfg = tiny
+    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    i = _inputs(pack, cfg)
+    calls = []
+    real = pack.vap_core.wan_mot.reference_stream
+    monkeypatch.setattr(pack.vap_core.wan_mot, "reference_stream", lambda *a, **k: calls.append(1) or real(*a, **k))
+    uncached = _call(patched, i, {})  # no cond uuids: nothing is cached
+    sampling = {"uuids": ["cond-uuid", "uncond-uuid"]}
+    first = _call(patched, i, dict(sampling))
+    i["t"] = torch.full_like(i["t"], 300.0)  # the next step
+    second = _call(patched, i, dict(sampling))
+    assert len(calls) == 2  # the uncached call and the first step; the second step reused the cache
+    assert torch.equal(first, uncached)
+    i_fresh = _inputs(pack, cfg)
+    i_fresh["t"] = i["t"]
+    assert torch.allclose(second, _call(patched, i_fresh, {}), atol=1e-6)
+    # a new sampling run (new cond uuids) recomputes
+    _call(patched, i, {"uuids": ["other", "uuids"]})
+    assert len(calls) == 4
+
+
+def test_cache_invalidated_by_expert_patches(pack, tiny):
+    base, expert, cfg = tiny
+    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    i = _inputs(pack, cfg)
+    opts = {"uuids": ["a", "b"]}
+    before = _call(patched, i, dict(opts))
+    expert.patcher.patches_uuid = "changed"  # what add_patches does when a LoRA lands on the expert
+    wrapper = patched.get_wrappers("diffusion_model", pack.vap_core.wan_apply.WRAPPER_KEY)[0]
+    old_key = wrapper.cache[0]
+    _call(patched, i, dict(opts))
+    assert wrapper.cache[0] != old_key
+    assert torch.equal(before, _call(patched, i, {}))
+
+
+def test_batched_cfg_equals_separate_calls(pack, tiny):
+    base, expert, cfg = tiny
+    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    i = _inputs(pack, cfg, batch=2)
+    both = _call(patched, i, {})
+    cond, uncond = _call(patched, i, {}, slice(0, 1)), _call(patched, i, {}, slice(1, 2))
+    assert torch.allclose(both, torch.cat([cond, uncond]), atol=1e-5)
+
+
+def test_active_range_runs_plain_base_outside(pack, tiny):
+    base, expert, cfg = tiny
+    full = pack.vap_core.expert_loading.apply_expert(base, expert)
+    late = pack.vap_core.expert_loading.apply_expert(base, expert, start=0.5, end=1.0)
+    i = _inputs(pack, cfg)
+    sigmas = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
+    early_step = {"sample_sigmas": sigmas, "sigmas": sigmas[0:1]}
+    late_step = {"sample_sigmas": sigmas, "sigmas": sigmas[3:4]}
+    plain = _call(base, {**i, "ref": {}}, {})
+    assert torch.equal(_call(late, i, early_step), plain)
+    assert torch.equal(_call(late, i, late_step), _call(full, i, late_step))
+    assert not torch.allclose(_call(full, i, early_step), plain, atol=1e-3)
+
+
+def test_memory_estimate_counts_reference(pack, tiny):
+    import comfy.conds
+    base, expert, cfg = tiny
+    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    wa = pack.vap_core.wan_apply
+    ref = torch.zeros(1, 36, 13, 60, 104)
+    cond = {"model_conds": {wa.REF_LATENT: comfy.conds.CONDRegular(ref)}}
+    shape = [2, 16, 13, 60, 104]
+    plain = base.model.memory_required(shape, cond_shapes={})
+    patched.patch_model()
+    try:
+        shapes = patched.model.extra_conds_shapes(**cond)
+        assert shapes[wa.REF_LATENT] == list(ref.shape)
+        with_ref = patched.model.memory_required(shape, cond_shapes={k: [v] for k, v in shapes.items()})
+    finally:
+        patched.unpatch_model()
+    assert with_ref > plain * 1.4
+    assert base.model.extra_conds_shapes(**cond) == {}  # the base model is left as it was
