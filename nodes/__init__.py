@@ -5,8 +5,9 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import paths
 from .expert_nodes import VAPApplyExpert, VAPExpertLoader
+from .reference_nodes import VAPLoadReferenceVideo
 
-NODE_LIST: list[type[io.ComfyNode]] = [VAPExpertLoader, VAPApplyExpert]
+NODE_LIST: list[type[io.ComfyNode]] = [VAPExpertLoader, VAPApplyExpert, VAPLoadReferenceVideo]
 
 
 class VAPExtension(ComfyExtension):
