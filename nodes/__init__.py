@@ -6,8 +6,9 @@ from comfy_api.latest import ComfyExtension, io
 from . import paths
 from .expert_nodes import VAPApplyExpert, VAPExpertLoader
 from .reference_nodes import VAPLoadReferenceVideo
+from .wan_conditioning import VAPWanConditioning
 
-NODE_LIST: list[type[io.ComfyNode]] = [VAPExpertLoader, VAPApplyExpert, VAPLoadReferenceVideo]
+NODE_LIST: list[type[io.ComfyNode]] = [VAPExpertLoader, VAPApplyExpert, VAPWanConditioning, VAPLoadReferenceVideo]
 
 
 class VAPExtension(ComfyExtension):
