@@ -1,0 +1,202 @@
+"""The shipped API workflows through a REAL ComfyUI server (``python main.py --cpu``), end to end.
+
+One server for the module: ComfyUI from the host checkout on a free 127.0.0.1 port, its own base
+directory (tiny models in models/, inputs in input/, output/), this pack and the test node pack
+(tests/comfy_test_nodes) registered as custom nodes through an ``extra_model_paths`` yaml.
+The workflows are submitted over HTTP exactly as shipped except file names, sizes (64x48, 9 frames)
+and the two stand-in loaders (UMT5 / CLIP vision, same inputs as the core loaders). Checks: the mp4
+(frames, size, fps, decodable, not constant), websocket progress, cache on resubmission, /interrupt,
+clear errors for bad input while the server keeps serving.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+
+import host
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+PACK = os.path.dirname(TESTS)
+
+pytestmark = [pytest.mark.server, pytest.mark.host]
+
+W, H, N = 64, 48, 9   # tiny size used for every run (e2e_assets.TINY_SIZE)
+SAMPLER = "18"        # KSampler node id in both shipped workflows
+REFERENCE = "12"      # VAPLoadReferenceVideo
+CONDITIONING = "17"   # VAPWanConditioning
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if host.COMFYUI_PATH is None:
+        pytest.skip(f"ComfyUI host not found: {host.HOW_FOUND}")
+    host.import_host()  # comfy importable here (CPU) to write the tiny models
+    import e2e_assets
+    ch = e2e_assets.headless()
+    base = str(tmp_path_factory.mktemp("server_base"))
+    e2e_assets.make_base_directory(base)
+    srv = ch.ComfyServer(host.COMFYUI_PATH, custom_node_dirs=[(PACK, "ComfyUI-VAP"), e2e_assets.TEST_NODES_DIR],
+                         base_directory=base, cpu=True)
+    srv.start()
+    client = None
+    try:
+        client = ch.ComfyClient(srv.address)
+        yield {"server": srv, "client": client, "base": base, "ch": ch, "assets": e2e_assets}
+    finally:
+        if client is not None:
+            client.close()
+        srv.cleanup()
+
+
+def _tiny(server, name: str) -> dict:
+    ch, assets = server["ch"], server["assets"]
+    return assets.tiny_prompt(ch.load_api_workflow(name))
+
+
+def _run_ok(server, prompt, timeout=900):
+    result = server["client"].run(prompt, timeout=timeout)
+    assert result.status == "success", (server["ch"].describe_execution_error(result.error)
+                                        + "\n" + server["server"].log_tail())
+    return result
+
+
+def _video(server, result, tmp_path):
+    import av
+    files = [f for f in result.output_files() if f["filename"].endswith(".mp4")]
+    assert len(files) == 1, result.outputs
+    path = server["client"].download(files[0], str(tmp_path / files[0]["filename"]))
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+        return {"frames": frames, "fps": float(stream.average_rate), "codec": stream.codec_context.name,
+                "width": stream.width, "height": stream.height, "path": path}
+
+
+def test_pack_and_stand_ins_are_loaded(server):
+    info = server["client"].object_info()
+    for node in ("VAPExpertLoader", "VAPApplyExpert", "VAPLoadReferenceVideo", "VAPWanConditioning",
+                 "VAPTestTinyUMT5Loader", "VAPTestTinyCLIPVisionLoader"):
+        assert node in info, f"{node} not registered; server log:\n{server['server'].log_tail()}"
+    assert "Cannot import" not in server["server"].log_text()
+
+
+def test_official_workflow_end_to_end_progress_and_cache(server, tmp_path):
+    prompt = _tiny(server, "wan_vap_official")
+    steps = prompt[SAMPLER]["inputs"]["steps"]
+    assert steps == 50  # shipped official step count, unchanged
+
+    result = _run_ok(server, prompt)
+    video = _video(server, result, tmp_path)
+    assert video["frames"].shape == (N, H, W, 3)
+    assert (video["width"], video["height"], video["codec"], video["fps"]) == (W, H, "h264", 16.0)
+    assert np.isfinite(video["frames"].astype(np.float32)).all() and video["frames"].std() > 1.0
+
+    # websocket progress of the sampler: one event per step, ending at steps/steps
+    sampler = [p for p in result.progress if p.get("node") == SAMPLER]
+    assert sampler and all(p["max"] == steps for p in sampler)
+    values = [p["value"] for p in sampler]
+    assert values == sorted(values) and values[-1] == steps
+    assert SAMPLER in result.executed
+
+    # the same prompt again: everything is served from the cache, no node runs, same file reported
+    again = _run_ok(server, prompt)
+    assert set(prompt) <= again.cached, f"not cached: {set(prompt) - again.cached}"
+    assert again.executed == [] and not [p for p in again.progress if p.get("node") == SAMPLER]
+
+
+def test_lora_upscale_workflow_end_to_end(server, tmp_path):
+    prompt = _tiny(server, "wan_vap_lora_upscale")
+    assert prompt[SAMPLER]["inputs"]["steps"] == 4 and prompt[SAMPLER]["inputs"]["cfg"] == 1.0
+    result = _run_ok(server, prompt)
+    video = _video(server, result, tmp_path)
+    assert video["frames"].shape == (N, 2 * H, 2 * W, 3)  # x4 model, then resized to 2x
+    assert np.isfinite(video["frames"].astype(np.float32)).all() and video["frames"].std() > 1.0
+    assert "lora key not loaded" not in server["server"].log_text()
+
+
+def test_interrupt_stops_sampling_and_the_next_prompt_runs(server):
+    client = server["client"]
+    prompt = _tiny(server, "wan_vap_official")
+    prompt[SAMPLER]["inputs"].update(steps=10000, seed=1234)
+    interrupted = []
+
+    def on_event(event):
+        data = event.get("data") or {}
+        if event["type"] == "progress" and data.get("node") == SAMPLER and not interrupted:
+            interrupted.append(data["value"])
+            client.interrupt()
+
+    result = client.wait(client.queue_prompt(prompt), timeout=900, on_event=on_event)
+    assert interrupted, "no sampler progress arrived before the run ended"
+    assert result.status == "interrupted"
+    assert max(p["value"] for p in result.progress if p.get("node") == SAMPLER) < 10000
+    assert result.output_files() == []
+
+    prompt[SAMPLER]["inputs"].update(steps=2, seed=4321)
+    _run_ok(server, prompt)
+
+
+@pytest.mark.parametrize("case", ["corrupt_video", "frames_mismatch", "conditioning_width", "conditioning_length"])
+def test_bad_input_fails_clearly_and_the_server_keeps_serving(server, case, tmp_path):
+    client = server["client"]
+    prompt = _tiny(server, "wan_vap_official")
+    prompt[SAMPLER]["inputs"].update(steps=2, seed=99)
+    bad = copy.deepcopy(prompt)
+    if case == "corrupt_video":
+        with open(os.path.join(server["base"], "input", "corrupt.mp4"), "wb") as f:
+            f.write(os.urandom(4096))
+        bad[REFERENCE]["inputs"]["file"] = "corrupt.mp4"
+        node, words = REFERENCE, ["corrupt.mp4", "damaged or not a video"]
+    elif case == "frames_mismatch":
+        bad[REFERENCE]["inputs"]["num_frames"] = 5
+        node, words = CONDITIONING, ["5 frames", "length 9", "num_frames = 9"]
+    elif case == "conditioning_width":
+        bad[CONDITIONING]["inputs"]["width"] = 100
+        node, words = CONDITIONING, ["multiples of 16", "100x48", "96x48"]
+    else:
+        bad[CONDITIONING]["inputs"]["length"] = 10
+        node, words = CONDITIONING, ["4k+1", "got 10", "9 or 13"]
+
+    result = client.run(bad, timeout=600)
+    assert result.status == "error"
+    assert result.error["node_id"] == node
+    assert result.error["exception_type"].endswith("VAPInputError")
+    for word in words:
+        assert word in result.error["exception_message"], result.error["exception_message"]
+    assert "Traceback" not in result.error["exception_message"]
+
+    _run_ok(server, prompt)  # the server is fine and runs the corrected prompt
+
+
+def test_invalid_size_is_refused_at_submission(server):
+    ch = server["ch"]
+    prompt = _tiny(server, "wan_vap_official")
+    prompt[REFERENCE]["inputs"]["width"] = 100
+    with pytest.raises(ch.PromptError) as refused:
+        server["client"].queue_prompt(prompt)
+    errors = refused.value.data["node_errors"]
+    assert list(errors) == [REFERENCE]
+    messages = " ".join(e["details"] for e in errors[REFERENCE]["errors"])
+    assert "100" in messages and "multiple of 16" in messages and "96 or 112" in messages
+    assert server["client"].get_json("/system_stats")["system"]  # still serving
+
+
+def test_http_api_prompt_is_the_shipped_one_except_names_and_sizes(server):
+    """Guard for the claim in the module docstring: only names, sizes and the stand-in class types differ."""
+    ch, assets = server["ch"], server["assets"]
+    for name in ("wan_vap_official", "wan_vap_lora_upscale"):
+        shipped = ch.load_api_workflow(name)
+        tiny = assets.tiny_prompt(shipped)
+        assert set(tiny) == set(shipped)
+        for node_id, node in shipped.items():
+            changed = {k for k in node["inputs"] if node["inputs"][k] != tiny[node_id]["inputs"][k]}
+            allowed = {"width", "height", "length", "num_frames", "image", "file", "unet_name", "expert_name",
+                       "vae_name", "clip_name", "lora_name", "model_name"}
+            assert changed <= allowed, (node_id, changed - allowed)
+            if tiny[node_id]["class_type"] != node["class_type"]:
+                assert assets.STANDIN_FOR[node["class_type"]] == tiny[node_id]["class_type"]
+        json.dumps(tiny)

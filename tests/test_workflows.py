@@ -1,0 +1,114 @@
+"""The shipped workflow files: generated, consistent UI/API twins, official settings, and the sampler
+choices documented in workflows/README.md checked against the schedules they claim to reproduce.
+
+Host-free except the sigma tests (ComfyUI's own model-sampling and scheduler code).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+WORKFLOWS = os.path.join(os.path.dirname(TESTS), "workflows")
+sys.path.insert(0, WORKFLOWS)
+
+import build_workflows as bw  # noqa: E402
+
+NAMES = sorted(bw.WORKFLOWS)
+
+
+def _load(name, api=True):
+    with open(os.path.join(WORKFLOWS, f"{name}{'.api' if api else ''}.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _by_title(api, title):
+    (node,) = [n for n in api.values() if n["_meta"]["title"] == title]
+    return node
+
+
+def test_api_files_are_what_the_builder_writes(tmp_path):
+    bw.write_api(str(tmp_path))
+    for name in NAMES:
+        with open(tmp_path / f"{name}.api.json", encoding="utf-8") as f:
+            assert json.load(f) == _load(name), f"workflows/{name}.api.json is stale: run workflows/build_workflows.py"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_and_api_twins_describe_the_same_graph(name):
+    api, ui = _load(name), _load(name, api=False)
+    assert {str(n["id"]): n["type"] for n in ui["nodes"]} == {k: v["class_type"] for k, v in api.items()}
+    ui_links = {(str(l[3]), str(l[1]), l[2]) for l in ui["links"]}  # (target node, source node, source slot)
+    api_links = {(k, v[0], v[1]) for k, n in api.items() for v in n["inputs"].values() if isinstance(v, list)}
+    assert ui_links == api_links
+    assert ui["version"] == 0.4 and ui["last_node_id"] >= max(int(k) for k in api)
+    for node in ui["nodes"]:  # loaders carry name + download URL + folder for the frontend's model check
+        if node["type"] in bw.MODEL_OF_LOADER:
+            assert node["properties"]["models"] == [bw.MODELS[bw.MODEL_OF_LOADER[node["type"]]]]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_official_demo_settings(name):
+    api = _load(name)
+    cond = _by_title(api, "VAP Wan Conditioning")["inputs"]
+    ref = _by_title(api, "Reference video")["inputs"]
+    assert (cond["width"], cond["height"], cond["length"]) == (832, 480, 49)
+    assert (ref["width"], ref["height"], ref["num_frames"], ref["frame_selection"], ref["resize_mode"]) == \
+        (832, 480, 49, "evenly", "stretch")
+    scale = _by_title(api, "Resize start image (Lanczos stretch)")["inputs"]
+    assert (scale["upscale_method"], scale["width"], scale["height"], scale["crop"]) == ("lanczos", 832, 480, "disabled")
+    official_negative = bw.NEGATIVE
+    assert official_negative.startswith("Bright tones, overexposed") and official_negative.endswith("walking backwards")
+    assert _by_title(api, "Negative prompt")["inputs"]["text"] == official_negative
+    assert _by_title(api, "Reference negative prompt")["inputs"]["text"] == official_negative
+    assert _by_title(api, "Create Video")["inputs"]["fps"] == 16.0
+    assert cond["ref_negative"] == [next(k for k, n in api.items() if n["_meta"]["title"] == "Reference negative prompt"), 0]
+    clip = _by_title(api, "Load CLIP")["inputs"]
+    assert clip["type"] == "wan"
+    for title in ("CLIP Vision Encode (start image)", "CLIP Vision Encode (reference)"):
+        assert _by_title(api, title)["inputs"]["crop"] == "center"
+    sampler = _by_title(api, "KSampler")["inputs"]
+    if name == "wan_vap_official":
+        assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"]) == (50, 5.0, "euler", "normal")
+        assert _by_title(api, "ModelSamplingSD3")["inputs"]["shift"] == 1.0
+    else:
+        assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"]) == (4, 1.0, "euler", "simple")
+        assert _by_title(api, "ModelSamplingSD3")["inputs"]["shift"] == 5.0
+        assert _by_title(api, "Step-distill LoRA")["inputs"]["lora_name"] == bw.MODELS["lora"]["name"]
+
+
+def _sigmas(shift, scheduler, steps):
+    import comfy.model_sampling
+    import comfy.samplers
+
+    class FlowConst(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        pass
+    ms = FlowConst(None)
+    ms.set_parameters(shift=shift, multiplier=1000)  # exactly what core ModelSamplingSD3 sets
+    return comfy.samplers.calculate_sigmas(ms, scheduler, steps).double()
+
+
+def test_official_schedule_is_flow_match_euler_shift_1(pack):
+    """euler + normal + shift 1.0 + 50 steps = diffusers FlowMatchEulerDiscreteScheduler() (shift 1.0, 1000 train
+    steps) after set_timesteps(50): sigmas linspace(1, 1/1000, 50) then 0; Euler on a flow (CONST) model is the
+    same update x + (sigma_next - sigma) * v."""
+    import torch
+    s = bw.OFFICIAL_SAMPLING
+    sigmas = _sigmas(s["shift"], s["scheduler"], s["steps"])
+    expected = torch.cat([torch.linspace(1.0, 1 / 1000, 50, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+    assert sigmas.shape == expected.shape
+    assert torch.allclose(sigmas, expected, atol=1e-6)
+
+
+def test_lora_schedule_is_the_step_distill_timesteps(pack):
+    """euler + simple + shift 5 + 4 steps = the step-distill LoRA's own schedule (lightx2v: denoising steps
+    1000/750/500/250 with sample_shift 5): sigma = 5t / (1 + 4t) at t = 1, .75, .5, .25, then 0."""
+    import torch
+    s = bw.LORA_SAMPLING
+    sigmas = _sigmas(s["shift"], s["scheduler"], s["steps"])
+    t = torch.tensor([1.0, 0.75, 0.5, 0.25], dtype=torch.float64)
+    expected = torch.cat([5 * t / (1 + 4 * t), torch.zeros(1, dtype=torch.float64)])
+    assert torch.allclose(sigmas, expected, atol=1e-6)

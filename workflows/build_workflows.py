@@ -1,0 +1,259 @@
+"""Maintainers' tool: (re)write the shipped workflows from one description.
+
+    python workflows/build_workflows.py            # API + UI files (needs ComfyUI and chromium)
+    python workflows/build_workflows.py --api-only # only *.api.json (no browser, no server)
+
+The API-format files are written straight from the graphs below. The UI-format files are made by the
+REAL frontend that the host serves: a headless Chromium opens it, loads the API graph with the frontend's
+own ``loadApiJson``, the nodes get their positions, titles, groups and ``properties.models`` (file name,
+download URL, folder), and ``graph.serialize()`` writes the drag-and-drop file. So the widget layout
+(hidden "control after generate" values, upload buttons...) is exactly what this frontend version writes.
+tests/test_frontend_workflows.py checks that each UI file converts back to its API file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PACK_DIR = os.path.dirname(HERE)
+
+# Official demo settings (VAP_SPEC §3, infer/wan_vap.py of bytedance/Video-As-Prompt); see workflows/README.md
+WIDTH, HEIGHT, LENGTH, FPS = 832, 480, 49, 16
+NEGATIVE = ("Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+            "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
+            "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still "
+            "picture, messy background, three legs, many people in the background, walking backwards")
+PROMPT = ("A young woman with curly hair, wearing a green hijab and a floral dress, plays a violin in front of a "
+          "vintage green car on a tree-lined street. She executes a swift counter-clockwise turn to face the camera. "
+          "During the turn, a brilliant shower of golden, sparkling particles erupts and momentarily obscures her "
+          "figure. As the particles fade, she is revealed to have seamlessly transformed into a Labubu toy "
+          "character. This new figure, now with the toy's signature large ears, big eyes, and toothy grin, "
+          "maintains the original pose and continues playing the violin. The character's clothing—the green hijab, "
+          "floral dress, and black overcoat—remains identical to the woman's. Throughout this transition, the "
+          "camera stays static, and the street-side environment remains completely consistent.")
+REF_CAPTION = ("A man stands with his back to the camera on a dirt path overlooking sun-drenched, rolling green tea "
+               "plantations. He wears a blue and green plaid shirt, dark pants, and white shoes. As he turns to face "
+               "the camera and spreads his arms, a brief, magical burst of sparkling golden light particles envelops "
+               "him. Through this shimmer, he seamlessly transforms into a Labubu toy character. His head morphs into "
+               "the iconic large, furry-eared head of the toy, featuring a wide grin with pointed teeth and red cheek "
+               "markings. The character retains the man's original plaid shirt and clothing, which now fit its "
+               "stylized, cartoonish body. The camera remains static throughout the transformation, positioned low "
+               "among the tea bushes, maintaining a consistent view of the subject and the expansive scenery.")
+START_IMAGE = "vap_start_image.png"       # put your image in ComfyUI/input (or use the upload button)
+REFERENCE_VIDEO = "vap_reference.mp4"     # put your reference clip in ComfyUI/input
+
+REPACK = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+MODELS = {
+    "base": {"name": "wan2.1_i2v_480p_14B_fp16.safetensors", "directory": "diffusion_models",
+             "url": f"{REPACK}/diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors"},
+    "te": {"name": "umt5_xxl_fp16.safetensors", "directory": "text_encoders",
+           "url": f"{REPACK}/text_encoders/umt5_xxl_fp16.safetensors"},
+    "clip_vision": {"name": "clip_vision_h.safetensors", "directory": "clip_vision",
+                    "url": f"{REPACK}/clip_vision/clip_vision_h.safetensors"},
+    "vae": {"name": "wan_2.1_vae.safetensors", "directory": "vae", "url": f"{REPACK}/vae/wan_2.1_vae.safetensors"},
+    "lora": {"name": "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors", "directory": "loras",
+             "url": "https://huggingface.co/Kijai/WanVideo_comfy/resolve/main/Lightx2v/"
+                    "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors"},
+    "upscale": {"name": "RealESRGAN_x4plus.safetensors", "directory": "upscale_models",
+                "url": "https://huggingface.co/Comfy-Org/Real-ESRGAN_repackaged/resolve/main/RealESRGAN_x4plus.safetensors"},
+}
+# The expert has no download of its own: it is made from the official release by the pack's converter
+# (python -m vap_core.convert ...). Its file name is the one the README's conversion command writes.
+EXPERT_NAME = "vap_wan2.1_14b_expert_bf16.safetensors"
+
+# sampler settings (the reasons are in workflows/README.md)
+OFFICIAL_SAMPLING = {"steps": 50, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "shift": 1.0}
+LORA_SAMPLING = {"steps": 4, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "shift": 5.0}
+SEED = 42
+UPSCALED = (WIDTH * 2, HEIGHT * 2)  # after the x4 model, resized down to 2x
+
+
+def _node(class_type, title, **inputs):
+    return {"class_type": class_type, "inputs": inputs, "_meta": {"title": title}}
+
+
+def wan_vap_graph(lora: bool) -> dict:
+    """API-format graph. Node ids are stable: run.py and the tests find nodes by class and title."""
+    s = LORA_SAMPLING if lora else OFFICIAL_SAMPLING
+    g = {
+        "1": _node("UNETLoader", "Load Diffusion Model", unet_name=MODELS["base"]["name"], weight_dtype="default"),
+        "2": _node("VAPExpertLoader", "Load VAP Expert", expert_name=EXPERT_NAME),
+        "3": _node("VAPApplyExpert", "Apply VAP Expert", model=["1", 0], vap_expert=["2", 0],
+                   start_percent=0.0, end_percent=1.0),
+        "4": _node("ModelSamplingSD3", "ModelSamplingSD3", model=["3", 0], shift=s["shift"]),
+        "5": _node("CLIPLoader", "Load CLIP", clip_name=MODELS["te"]["name"], type="wan", device="default"),
+        "6": _node("CLIPTextEncode", "Prompt", text=PROMPT, clip=["5", 0]),
+        "7": _node("CLIPTextEncode", "Negative prompt", text=NEGATIVE, clip=["5", 0]),
+        "8": _node("CLIPTextEncode", "Reference caption", text=REF_CAPTION, clip=["5", 0]),
+        "9": _node("CLIPTextEncode", "Reference negative prompt", text=NEGATIVE, clip=["5", 0]),
+        "10": _node("CLIPVisionLoader", "Load CLIP Vision", clip_name=MODELS["clip_vision"]["name"]),
+        "11": _node("LoadImage", "Start image", image=START_IMAGE),
+        "12": _node("VAPLoadReferenceVideo", "Reference video", file=REFERENCE_VIDEO, frame_selection="evenly",
+                    num_frames=LENGTH, width=WIDTH, height=HEIGHT, resize_mode="stretch", seed=0),
+        "13": _node("CLIPVisionEncode", "CLIP Vision Encode (start image)", clip_vision=["10", 0], image=["11", 0],
+                    crop="center"),
+        "14": _node("CLIPVisionEncode", "CLIP Vision Encode (reference)", clip_vision=["10", 0], image=["12", 2],
+                    crop="center"),
+        "15": _node("ImageScale", "Resize start image (Lanczos stretch)", image=["11", 0], upscale_method="lanczos",
+                    width=WIDTH, height=HEIGHT, crop="disabled"),
+        "16": _node("VAELoader", "Load VAE", vae_name=MODELS["vae"]["name"]),
+        "17": _node("VAPWanConditioning", "VAP Wan Conditioning", positive=["6", 0], negative=["7", 0],
+                    ref_positive=["8", 0], vae=["16", 0], width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1,
+                    start_image=["15", 0], reference_frames=["12", 0], clip_vision_start_image=["13", 0],
+                    clip_vision_reference=["14", 0], ref_negative=["9", 0]),
+        "18": _node("KSampler", "KSampler", model=["4", 0], seed=SEED, steps=s["steps"], cfg=s["cfg"],
+                    sampler_name=s["sampler_name"], scheduler=s["scheduler"], positive=["17", 0],
+                    negative=["17", 1], latent_image=["17", 2], denoise=1.0),
+        "19": _node("VAEDecode", "VAE Decode", samples=["18", 0], vae=["16", 0]),
+    }
+    if lora:
+        g["20"] = _node("LoraLoaderModelOnly", "Step-distill LoRA", model=["1", 0],
+                        lora_name=MODELS["lora"]["name"], strength_model=1.0)
+        g["3"]["inputs"]["model"] = ["20", 0]
+        g["21"] = _node("UpscaleModelLoader", "Load Upscale Model", model_name=MODELS["upscale"]["name"])
+        g["22"] = _node("ImageUpscaleWithModel", "Upscale x4", upscale_model=["21", 0], image=["19", 0])
+        g["23"] = _node("ImageScale", "Resize to 2x", image=["22", 0], upscale_method="lanczos",
+                        width=UPSCALED[0], height=UPSCALED[1], crop="disabled")
+        frames, prefix = ["23", 0], "video/VAP_lora_upscaled"
+    else:
+        frames, prefix = ["19", 0], "video/VAP"
+    g["30"] = _node("CreateVideo", "Create Video", images=frames, fps=float(FPS), bit_depth=8)
+    g["31"] = _node("SaveVideo", "Save Video", video=["30", 0], filename_prefix=prefix, format="mp4", codec="h264")
+    return g
+
+
+WORKFLOWS = {
+    "wan_vap_official": lambda: wan_vap_graph(lora=False),
+    "wan_vap_lora_upscale": lambda: wan_vap_graph(lora=True),
+}
+
+MODEL_OF_LOADER = {"UNETLoader": "base", "CLIPLoader": "te", "CLIPVisionLoader": "clip_vision", "VAELoader": "vae",
+                   "LoraLoaderModelOnly": "lora", "UpscaleModelLoader": "upscale"}
+
+# UI layout: column x, row y per node id (pixels), groups
+COLUMNS = {0: 0, 1: 460, 2: 920, 3: 1380, 4: 1800}
+LAYOUT = {
+    "1": (0, 0), "20": (0, 130), "2": (0, 290), "3": (0, 400), "4": (0, 560),
+    "5": (0, 700), "16": (0, 860), "10": (0, 980), "21": (0, 1100),
+    "6": (1, 0), "7": (1, 260), "8": (1, 520), "9": (1, 780),
+    "11": (2, 0), "15": (2, 420), "12": (2, 640), "13": (2, 1000), "14": (2, 1120),
+    "17": (3, 0), "18": (3, 420),
+    "19": (4, 0), "22": (4, 110), "23": (4, 220), "30": (4, 400), "31": (4, 520),
+}
+GROUPS = [
+    ("Models", "#3f789e", ["1", "20", "2", "3", "4", "5", "16", "10", "21"]),
+    ("Prompts: target and reference", "#8A8", ["6", "7", "8", "9"]),
+    ("Inputs: start image and reference video", "#b58b2a", ["11", "15", "12", "13", "14"]),
+    ("Sample", "#a1309b", ["17", "18"]),
+    ("Decode and save", "#444", ["19", "22", "23", "30", "31"]),
+]
+
+
+def write_api(out_dir: str = HERE) -> list[str]:
+    paths = []
+    for name, make in WORKFLOWS.items():
+        path = os.path.join(out_dir, f"{name}.api.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(make(), f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        paths.append(path)
+    return paths
+
+
+_LAYOUT_JS = r"""
+async (api, layout, models, columns) => {
+  const app = window.app;
+  await app.loadApiJson(api, 'vap');
+  const graph = app.graph;
+  for (const node of graph._nodes) {
+    const id = String(node.id);
+    if (layout[id]) { const [col, y] = layout[id]; node.pos = [columns[col], y]; }
+    if (api[id] && api[id]._meta) node.title = api[id]._meta.title;
+    if (models[id]) node.properties = {...node.properties, models: [models[id]]};
+    // reproducible by default: the seed stays as written (official demo seed 42), the user can switch it
+    for (const w of node.widgets || []) if (w.name === 'control_after_generate') w.value = 'fixed';
+  }
+  graph._groups.splice(0);
+  return graph.serialize();
+}
+"""
+
+
+def add_groups(ui: dict, api: dict, pad: int = 20, title_height: int = 50) -> None:
+    """Groups around the nodes of each GROUPS entry (bounding boxes from the serialized positions/sizes)."""
+    nodes = {str(n["id"]): n for n in ui["nodes"]}
+    ui["groups"] = []
+    for i, (title, color, ids) in enumerate(GROUPS, start=1):
+        members = [nodes[k] for k in ids if k in api and k in nodes]
+        if not members:
+            continue
+        x0 = min(n["pos"][0] for n in members) - pad
+        y0 = min(n["pos"][1] for n in members) - pad - title_height
+        x1 = max(n["pos"][0] + n["size"][0] for n in members) + pad
+        y1 = max(n["pos"][1] + n["size"][1] for n in members) + pad
+        ui["groups"].append({"id": i, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0], "color": color,
+                             "font_size": 24, "flags": {}})
+
+
+def write_ui(comfyui: str, out_dir: str = HERE) -> list[str]:
+    sys.path.insert(0, os.path.join(PACK_DIR, "tests"))
+    import browser  # tests/browser.py
+    import comfy_headless
+    import e2e_assets
+    chromium = browser.find_chromium()
+    if chromium is None:
+        raise SystemExit("chromium not found (apt-get install -y chromium, or set CHROMIUM)")
+    import tempfile
+    paths = []
+    with tempfile.TemporaryDirectory(prefix="vap_build_") as base:
+        # placeholder model files with the real names, so every combo offers the value the workflow uses
+        for m in MODELS.values():
+            os.makedirs(os.path.join(base, "models", m["directory"]), exist_ok=True)
+            open(os.path.join(base, "models", m["directory"], m["name"]), "wb").close()
+        os.makedirs(os.path.join(base, "models", "vap"), exist_ok=True)
+        open(os.path.join(base, "models", "vap", EXPERT_NAME), "wb").close()
+        e2e_assets.write_inputs(os.path.join(base, "input"))
+        os.replace(os.path.join(base, "input", e2e_assets.INPUT_IMAGE), os.path.join(base, "input", START_IMAGE))
+        os.replace(os.path.join(base, "input", e2e_assets.INPUT_VIDEO), os.path.join(base, "input", REFERENCE_VIDEO))
+        server = comfy_headless.ComfyServer(comfyui, custom_node_dirs=[(PACK_DIR, "ComfyUI-VAP")],
+                                            base_directory=base, cpu=True)
+        with server, browser.Browser(chromium) as b:
+            b.goto(f"http://{server.address}/")
+            b.wait_for("window.app && window.app.graph && window.LiteGraph", timeout=120)
+            for name, make in WORKFLOWS.items():
+                api = make()
+                models = {i: MODELS[MODEL_OF_LOADER[n["class_type"]]] for i, n in api.items()
+                          if n["class_type"] in MODEL_OF_LOADER}
+                layout = {i: LAYOUT[i] for i in api}
+                ui = b.evaluate(f"({_LAYOUT_JS})({json.dumps(api)}, {json.dumps(layout)}, {json.dumps(models)}, "
+                                f"{json.dumps(COLUMNS)})")
+                add_groups(ui, api)
+                ui.setdefault("extra", {})["ds"] = {"scale": 0.6, "offset": [40, 40]}
+                path = os.path.join(out_dir, f"{name}.json")
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump(ui, f, indent=2, ensure_ascii=False)
+                    f.write("\n")
+                paths.append(path)
+    return paths
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--api-only", action="store_true", help="write only the API-format files")
+    p.add_argument("--comfyui", help="ComfyUI checkout (default: COMFYUI_PATH, custom_nodes parent, ~/ComfyUI)")
+    args = p.parse_args(argv)
+    for path in write_api():
+        print("wrote", os.path.relpath(path, PACK_DIR))
+    if not args.api_only:
+        sys.path.insert(0, HERE)
+        import comfy_headless
+        comfyui, _ = comfy_headless.find_comfyui(args.comfyui)
+        for path in write_ui(comfyui):
+            print("wrote", os.path.relpath(path, PACK_DIR))
+
+
+if __name__ == "__main__":
+    main()
