@@ -9,20 +9,12 @@ from __future__ import annotations
 
 import torch
 
-import comfy.model_management
-import comfy.model_patcher
-import comfy.ops
-import comfy.patcher_extension
-import comfy.utils
-
 from . import cog_mot
 from .checkpoint import COG
 from .cog_expert import CogVAPExpert, expert_config, native_cogvideox
 from .errors import VAPModelMismatch
-# one VAP_EXPERT type for both variants (the loader and apply node dispatch on ``variant``)
-from .wan_apply import VAPExpert, schedule_fraction
+from .expert_patching import WRAPPER_KEY, ExpertWrapper, VAPExpert, attach, build_expert  # noqa: F401
 
-WRAPPER_KEY = "vap_expert"
 # Conditioning entries (under ``model_conds``, on positive AND negative) that carry the reference to the model.
 REF_LATENT = "vap_ref_latent"      # [B, 32, n*F, H, W]: per reference cat(clean latents, first-frame image latents)
 REF_CONTEXT = "vap_ref_context"    # [B, n*226, 4096]: the n reference captions' T5 states, concatenated
@@ -33,37 +25,11 @@ REF_KEYS = (REF_LATENT, REF_CONTEXT, REF_COUNT)
 def build_cog_expert(sd: dict[str, torch.Tensor], metadata: dict[str, str], source: str = "") -> VAPExpert:
     native_cogvideox()  # clear error on a host without native CogVideoX, before anything is built
     arch = CogVAPExpert.config_from_state_dict(sd, expert_config(metadata))
-    dtype = comfy.utils.weight_dtype(sd)
-    load_device = comfy.model_management.get_torch_device()
-    offload_device = comfy.model_management.unet_offload_device()
-    with torch.device("meta"):
-        module = CogVAPExpert(**arch, dtype=dtype, operations=comfy.ops.manual_cast)
-    patcher = comfy.model_patcher.CoreModelPatcher(module, load_device=load_device, offload_device=offload_device)
-    # assign=True keeps each tensor's own dtype (fp8 matrices next to bf16 norms) and the file's storage
-    missing, unexpected = module.load_state_dict(sd, strict=False, assign=True)
-    if missing or unexpected:
-        raise VAPModelMismatch(
-            f"the expert file does not match the CogVideoX VAP layout (missing {missing[:4]}, unexpected {unexpected[:4]}). "
-            "Convert the official checkpoint again with 'python -m vap_core.convert'.")
-    module.to(offload_device)
-    return VAPExpert(patcher, COG, arch["expert_blocks"], source)
+    return build_expert(CogVAPExpert, arch, sd, COG, source)
 
 
-class CogVAPWrapper:
+class CogVAPWrapper(ExpertWrapper):
     """DIFFUSION_MODEL wrapper running the MoT forward when the conds carry a reference."""
-
-    def __init__(self, expert_patcher, start: float = 0.0, end: float = 1.0):
-        self.expert_patcher = expert_patcher
-        self.start, self.end = float(start), float(end)
-
-    def __deepcopy__(self, memo):
-        return self  # never duplicate the expert, whatever copies the options (HOST_NOTES 2.2)
-
-    def active(self, transformer_options) -> bool:
-        if self.start <= 0.0 and self.end >= 1.0:
-            return True
-        fraction = schedule_fraction(transformer_options or {})
-        return fraction is None or self.start <= fraction <= self.end
 
     def __call__(self, executor, x, timestep, context, ofs=None, transformer_options=None, **kwargs):
         if kwargs.get(REF_LATENT) is None:
@@ -85,18 +51,6 @@ class CogVAPWrapper:
                                    num_refs=None if count is None else int(count))
 
 
-def _extra_conds_shapes_with_reference(base_model):
-    original = base_model.extra_conds_shapes
-
-    def extra_conds_shapes(**kwargs):
-        shapes = dict(original(**kwargs))
-        ref = kwargs.get("model_conds", {}).get(REF_LATENT)
-        if ref is not None:
-            shapes[REF_LATENT] = list(ref.cond.shape)
-        return shapes
-    return extra_conds_shapes
-
-
 def apply_expert(model, expert: VAPExpert, start: float = 0.0, end: float = 1.0):
     """A clone of ``model`` (a CogVideoX ModelPatcher) that runs VAP wherever the conds carry a reference.
 
@@ -108,14 +62,4 @@ def apply_expert(model, expert: VAPExpert, start: float = 0.0, end: float = 1.0)
             "expert (Video-As-Prompt-Wan2.1-14B) with a Wan2.1 base, or a CogVideoX expert with CogVideoX-5b-I2V.")
     native_cogvideox()
     expert.module.check_fits(model.model.diffusion_model)
-    patched = model.clone()
-    patched.set_additional_models(WRAPPER_KEY, [expert.patcher])
-    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                 CogVAPWrapper(expert.patcher, start, end))
-    # the references add n times the target's tokens in expert blocks: let ComfyUI's memory estimate count them
-    base_model = model.model
-    conds = tuple(base_model.memory_usage_factor_conds)
-    patched.add_object_patch("memory_usage_factor_conds", conds + ((REF_LATENT,) if REF_LATENT not in conds else ()))
-    patched.add_object_patch("extra_conds_shapes", _extra_conds_shapes_with_reference(base_model))
-    return patched
+    return attach(model, expert, CogVAPWrapper(expert.patcher, start, end))

@@ -1,0 +1,121 @@
+"""What the Wan and CogVideoX experts share: the VAP_EXPERT object, building an expert's ModelPatcher
+from a state dict, the wrapper basics (active range, no deep copies) and attaching it to a base MODEL.
+
+The expert lives in its own ModelPatcher (loaded, offloaded and partially loaded by ComfyUI's memory
+manager) registered with ``set_additional_models``; the MoT forward is a ``DIFFUSION_MODEL`` wrapper.
+Neither sits in ``model_options``, so later ``clone()``s share the expert weights (HOST_NOTES 2.2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
+import comfy.patcher_extension
+import comfy.utils
+
+from .errors import VAPModelMismatch
+
+WRAPPER_KEY = "vap_expert"
+REF_LATENT = "vap_ref_latent"  # the conds entry whose shape the memory estimate counts (both variants)
+
+
+@dataclass
+class VAPExpert:
+    """What the VAP_EXPERT socket carries."""
+    patcher: comfy.model_patcher.ModelPatcher
+    variant: str
+    expert_blocks: list[int]
+    source: str
+
+    @property
+    def module(self):
+        return self.patcher.model
+
+
+def build_expert(module_cls, arch: dict, sd: dict[str, torch.Tensor], variant: str, source: str = "") -> VAPExpert:
+    """Instantiate ``module_cls(**arch)`` with ``comfy.ops`` layers and the file's tensors, in a ModelPatcher."""
+    offload_device = comfy.model_management.unet_offload_device()
+    with torch.device("meta"):
+        module = module_cls(**arch, dtype=comfy.utils.weight_dtype(sd), operations=comfy.ops.manual_cast)
+    patcher = comfy.model_patcher.CoreModelPatcher(module, load_device=comfy.model_management.get_torch_device(),
+                                                   offload_device=offload_device)
+    # assign=True keeps each tensor's own dtype (fp8 matrices next to bf16 norms) and the file's storage
+    missing, unexpected = module.load_state_dict(sd, strict=False, assign=True)
+    if missing or unexpected:
+        raise VAPModelMismatch(
+            f"the expert file does not match the {variant} VAP layout (missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]}). Convert the official checkpoint again with 'python -m vap_core.convert'.")
+    module.to(offload_device)
+    return VAPExpert(patcher, variant, list(arch["expert_blocks"]), source)
+
+
+def schedule_fraction(transformer_options) -> float | None:
+    """Where the current step sits in the sampling schedule (0 = first step, 1 = last), if known."""
+    sigmas = transformer_options.get("sample_sigmas")
+    current = transformer_options.get("sigmas")
+    if sigmas is None or current is None or len(sigmas) < 2:
+        return None
+    index = int(torch.argmin((sigmas[:-1].float().cpu() - current.flatten()[0].float().cpu()).abs()))
+    return index / max(1, len(sigmas) - 2)
+
+
+class ExpertWrapper:
+    """Base of the DIFFUSION_MODEL wrappers: the expert, its active range, a per-run cache slot."""
+
+    def __init__(self, expert_patcher, start: float = 0.0, end: float = 1.0):
+        self.expert_patcher = expert_patcher
+        self.start, self.end = float(start), float(end)
+        self.cache = None
+
+    def __deepcopy__(self, memo):
+        return self  # never duplicate the expert, whatever copies the options (HOST_NOTES 2.2)
+
+    def active(self, transformer_options) -> bool:
+        if self.start <= 0.0 and self.end >= 1.0:
+            return True
+        fraction = schedule_fraction(transformer_options or {})
+        return fraction is None or self.start <= fraction <= self.end
+
+    def clear(self):
+        self.cache = None
+
+
+def _clear_after_sampling(wrapper: ExpertWrapper):
+    def outer_sample(executor, *args, **kwargs):
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            wrapper.clear()  # release what the wrapper cached for this sampling run
+    return outer_sample
+
+
+def _extra_conds_shapes_with_reference(base_model):
+    original = base_model.extra_conds_shapes
+
+    def extra_conds_shapes(**kwargs):
+        shapes = dict(original(**kwargs))
+        ref = kwargs.get("model_conds", {}).get(REF_LATENT)
+        if ref is not None:
+            shapes[REF_LATENT] = list(ref.cond.shape)
+        return shapes
+    return extra_conds_shapes
+
+
+def attach(model, expert: VAPExpert, wrapper: ExpertWrapper):
+    """A clone of ``model`` with the expert loaded beside it and ``wrapper`` around its forward."""
+    wrappers = comfy.patcher_extension.WrappersMP
+    patched = model.clone()
+    patched.set_additional_models(WRAPPER_KEY, [expert.patcher])
+    for kind, hook in ((wrappers.DIFFUSION_MODEL, wrapper), (wrappers.OUTER_SAMPLE, _clear_after_sampling(wrapper))):
+        patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
+        patched.add_wrapper_with_key(kind, WRAPPER_KEY, hook)
+    # the reference adds tokens in expert blocks: let ComfyUI's memory estimates count them
+    base_model = model.model
+    conds = tuple(base_model.memory_usage_factor_conds)
+    patched.add_object_patch("memory_usage_factor_conds", conds + ((REF_LATENT,) if REF_LATENT not in conds else ()))
+    patched.add_object_patch("extra_conds_shapes", _extra_conds_shapes_with_reference(base_model))
+    return patched
