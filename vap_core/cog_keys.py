@@ -17,7 +17,8 @@ removing ``_mot_ref``: ``transformer_blocks.0.attn1_mot_ref.to_q.weight`` -> ``b
 from __future__ import annotations
 
 import json
-import re
+
+from .key_rules import KeyRules
 
 _RULES = [
     (r"patch_embed\.(proj|text_proj)\.(weight|bias)", r"patch_embed.\1.\2"),
@@ -35,7 +36,6 @@ _RULES = [
     (r"proj_out\.(weight|bias)", r"proj_out.\1"),
     (r"(ref_embeddings|effect_embeddings)\.([A-Za-z0-9_\-]+)", r"\1.\2"),
 ]
-_COMPILED = [(re.compile("^" + p + "$"), t) for p, t in _RULES]
 
 # Constructor arguments of ComfyUI's CogVideoXTransformer3DModel that its detection cannot read from tensor
 # shapes (it assumes head dim 64 and the 60x90x49 sample size, and switches RoPE off whenever a learned
@@ -52,25 +52,9 @@ def is_expert_key(key: str) -> bool:
     return "_mot_ref" in key or key.startswith(("ref_embeddings.", "effect_embeddings."))
 
 
-def native_name(official_key: str) -> str:
-    """Native ComfyUI CogVideoX name of an official key; expert keys map like their base twin."""
-    key = official_key.replace("_mot_ref", "")
-    for pattern, template in _COMPILED:
-        if pattern.match(key):
-            return pattern.sub(template, key)
-    raise KeyError(
-        f"unknown CogVideoX tensor '{official_key}': not part of the official CogVideoXTransformer3DMOTModel "
-        "layout this converter knows. Report it with the model's name."
-    )
-
-
-def split_and_map(keys) -> tuple[dict[str, str], dict[str, str]]:
-    """({native base name: official key}, {native expert name: official key})."""
-    base: dict[str, str] = {}
-    expert: dict[str, str] = {}
-    for k in keys:
-        (expert if is_expert_key(k) else base)[native_name(k)] = k
-    return base, expert
+RULES = KeyRules("CogVideoX", "CogVideoXTransformer3DMOTModel", _RULES, is_expert=is_expert_key)
+native_name = RULES.native_name
+split_and_map = RULES.split_and_map
 
 
 def expert_map(keys) -> dict[str, str]:

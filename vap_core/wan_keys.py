@@ -10,7 +10,7 @@ built from ComfyUI's own ``WanAttentionBlock`` / ``MLPProj`` classes.
 """
 from __future__ import annotations
 
-import re
+from .key_rules import KeyRules
 
 # (official regex, native template). Order matters only for readability: patterns are anchored.
 _RULES = [
@@ -48,37 +48,11 @@ _RULES = [
     (r"scale_shift_table", r"head.modulation"),
     (r"proj_out\.(weight|bias)", r"head.head.\1"),
 ]
-_COMPILED = [(re.compile("^" + p + "$"), t) for p, t in _RULES]
-
 # Official keys that carry nothing ComfyUI uses (diffusers ignores them on load as well).
-IGNORED = re.compile(r"^blocks\.\d+\.attn2\.norm_added_q\.weight$")
-
-
-def is_expert_key(key: str) -> bool:
-    return "_mot_ref" in key
-
-
-def native_name(official_key: str) -> str:
-    """Native ComfyUI Wan name of an official key; expert keys map like their base twin."""
-    key = official_key.replace("_mot_ref", "")
-    for pattern, template in _COMPILED:
-        if pattern.match(key):
-            return pattern.sub(template, key)
-    raise KeyError(
-        f"unknown Wan tensor '{official_key}': not part of the official WanTransformer3DMOTModel layout "
-        "this converter knows. Report it with the model's name."
-    )
-
-
-def split_and_map(keys) -> tuple[dict[str, str], dict[str, str]]:
-    """({native base name: official key}, {native expert name: official key})."""
-    base: dict[str, str] = {}
-    expert: dict[str, str] = {}
-    for k in keys:
-        if IGNORED.match(k.replace("_mot_ref", "")):
-            continue
-        (expert if is_expert_key(k) else base)[native_name(k)] = k
-    return base, expert
+RULES = KeyRules("Wan", "WanTransformer3DMOTModel", _RULES, is_expert=lambda key: "_mot_ref" in key,
+                 ignored=r"blocks\.\d+\.attn2\.norm_added_q\.weight")
+native_name = RULES.native_name
+split_and_map = RULES.split_and_map
 
 
 def native_transformer_config(config: dict) -> dict:
