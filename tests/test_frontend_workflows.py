@@ -54,8 +54,6 @@ def frontend(tmp_path_factory):
     server.start()
     b = None
     try:
-        client = comfy_headless.ComfyClient(server.address)
-        client.close()
         _post_setting(server.address, "Comfy.TutorialCompleted", True)
         _post_setting(server.address, "Comfy.Minimap.Visible", False)
         b = browser.Browser(chromium, width=1600, height=1000)

@@ -165,9 +165,10 @@ class ComfyServer:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            # the server runs in its own session: signal only that process group (ours)
+            # the server runs in its own session: signal only that process group (ours). SIGTERM, not SIGINT:
+            # a server started from a background job inherits an ignored SIGINT
             try:
-                os.killpg(self.process.pid, signal.SIGINT)
+                os.killpg(self.process.pid, signal.SIGTERM)
                 self.process.wait(timeout=15)
             except (subprocess.TimeoutExpired, ProcessLookupError):
                 try:
@@ -285,13 +286,14 @@ class ComfyClient:
 
     def upload(self, path: str, name: str | None = None, subfolder: str = "") -> str:
         """Upload a file into the server's input folder (POST /upload/image takes any file); returns its
-        name as LoadImage / a file combo expects it."""
+        name as LoadImage / a file combo expects it. Never overwrites: the server reuses an identical file
+        of that name or picks a new name ("name (1).ext")."""
         name = name or os.path.basename(path)
         boundary = uuid.uuid4().hex
         with open(path, "rb") as f:
             content = f.read()
         parts = []
-        for key, value in (("type", "input"), ("overwrite", "true"), ("subfolder", subfolder)):
+        for key, value in (("type", "input"), ("subfolder", subfolder)):
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
                      f"Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n")
