@@ -200,3 +200,25 @@ def test_http_api_prompt_is_the_shipped_one_except_names_and_sizes(server):
             if tiny[node_id]["class_type"] != node["class_type"]:
                 assert assets.STANDIN_FOR[node["class_type"]] == tiny[node_id]["class_type"]
         json.dumps(tiny)
+
+
+def test_runner_demo_command(tmp_path):
+    """The documented smoke test, as a user runs it: python workflows/run.py --demo."""
+    import subprocess
+    import sys
+
+    import av
+    if host.COMFYUI_PATH is None:
+        pytest.skip(f"ComfyUI host not found: {host.HOW_FOUND}")
+    out = tmp_path / "demo.mp4"
+    proc = subprocess.run([sys.executable, os.path.join(PACK, "workflows", "run.py"), "--demo",
+                           "--comfyui", host.COMFYUI_PATH, "--output", str(out)],
+                          capture_output=True, text=True, timeout=1200, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == str(out)
+    assert "50/50 KSampler" in proc.stderr            # progress bar from the websocket events
+    assert "this video is noise" in proc.stderr
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    assert (len(frames), stream.width, stream.height) == (N, W, H)

@@ -112,3 +112,64 @@ def test_lora_schedule_is_the_step_distill_timesteps(pack):
     t = torch.tensor([1.0, 0.75, 0.5, 0.25], dtype=torch.float64)
     expected = torch.cat([5 * t / (1 + 4 * t), torch.zeros(1, dtype=torch.float64)])
     assert torch.allclose(sigmas, expected, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ runner (host-free)
+
+def _runner():
+    import run
+    return run
+
+
+def test_runner_overrides_reach_the_right_nodes():
+    run = _runner()
+    api = _load("wan_vap_official")
+    args = run.parse_args(["--prompt", "P", "--reference-prompt", "R", "--negative-prompt", "N", "--seed", "7",
+                           "--steps", "3"])
+    run.apply_overrides(api, args)
+    run.set_inputs(api, "me.png", "clip.mp4")
+    assert _by_title(api, "Prompt")["inputs"]["text"] == "P"
+    assert _by_title(api, "Reference caption")["inputs"]["text"] == "R"
+    assert _by_title(api, "Negative prompt")["inputs"]["text"] == "N"
+    assert _by_title(api, "Reference negative prompt")["inputs"]["text"] == "N"
+    assert (_by_title(api, "KSampler")["inputs"]["seed"], _by_title(api, "KSampler")["inputs"]["steps"]) == (7, 3)
+    assert _by_title(api, "Start image")["inputs"]["image"] == "me.png"
+    assert _by_title(api, "Reference video")["inputs"]["file"] == "clip.mp4"
+    untouched = _load("wan_vap_official")
+    run.apply_overrides(untouched, run.parse_args([]))
+    assert untouched == _load("wan_vap_official")
+
+
+def test_runner_names_missing_models_with_download_and_folder():
+    run = _runner()
+    api = _load("wan_vap_lora_upscale")
+
+    class FakeClient:  # object_info of a server that has only the VAE
+        def object_info(self):
+            have = {"VAELoader": ("vae_name", [bw.MODELS["vae"]["name"]])}
+            info = {}
+            for node in api.values():
+                for name, value in node["inputs"].items():
+                    if isinstance(value, str) and value.endswith(".safetensors"):
+                        options = have.get(node["class_type"], (name, []))[1]
+                        info.setdefault(node["class_type"], {"input": {"required": {}}})["input"]["required"][name] = \
+                            ["COMBO", {"options": options}]
+            return info
+
+    with pytest.raises(run.ch.HeadlessError) as err:
+        run.check_models(FakeClient(), api, "wan_vap_lora_upscale")
+    text = str(err.value)
+    for key in ("base", "te", "clip_vision", "lora", "upscale"):
+        assert bw.MODELS[key]["url"] in text and f"ComfyUI/models/{bw.MODELS[key]['directory']}/" in text
+    assert bw.MODELS["vae"]["name"] not in text
+    assert f"python -m vap_core.convert" in text and bw.EXPERT_NAME in text
+
+
+def test_resize_workflow_scales_sizes_only():
+    import comfy_headless as ch
+    api = _load("wan_vap_lora_upscale")
+    tiny = ch.resize_workflow(api, 64, 48, 9)
+    assert _by_title(tiny, "VAP Wan Conditioning")["inputs"]["width"] == 64
+    assert _by_title(tiny, "Reference video")["inputs"]["num_frames"] == 9
+    assert (_by_title(tiny, "Resize to 2x")["inputs"]["width"], _by_title(tiny, "Resize to 2x")["inputs"]["height"]) == (128, 96)
+    assert _by_title(tiny, "KSampler")["inputs"] == _by_title(api, "KSampler")["inputs"]
