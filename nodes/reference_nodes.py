@@ -61,7 +61,7 @@ class VAPLoadReferenceVideo(io.ComfyNode):
                                tooltip="stretch: Lanczos resize to exactly width x height, ignoring the aspect "
                                        "ratio (the official method). center_crop: scale to cover width x height and "
                                        "crop the centre (keeps proportions, loses the edges)."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=False,
                              tooltip="Seed of the 'random' frame selection; ignored by evenly and first."),
                 io.Video.Input("video", optional=True,
                                tooltip="Optional VIDEO (e.g. from core 'Load Video'); used instead of the file. A "
