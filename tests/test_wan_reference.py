@@ -55,6 +55,9 @@ def test_pack_matches_official_on_other_configs(pack, tmp_path, overrides, frame
         want = official.forward(sd, cfg, i["x"], i["t"], i["context"], i["clip"], i["ref_latent"], i["ref_context"],
                                 i["ref_clip"], block_callback=lambda k, x, r: want_blocks.__setitem__(k, (x, r)))
     assert (got - want).abs().max().item() < TOLERANCE
+    fast = run_diffusion_model(patched, i["x"], i["t"], i["context"], i["clip"],
+                               ref_kwargs(pack, i["ref_latent"], i["ref_context"], i["ref_clip"]))
+    assert (fast - want).abs().max().item() < TOLERANCE  # the path that skips unread reference work
     for k in want_blocks:
         for a, b in zip(got_blocks[k], want_blocks[k]):
             assert (a - b).abs().max().item() < TOLERANCE, f"block {k}"

@@ -108,3 +108,25 @@ def test_memory_estimate_counts_reference(pack, tiny):
         patched.unpatch_model()
     assert with_ref > plain * 1.4
     assert base.model.extra_conds_shapes(**cond) == {}  # the base model is left as it was
+
+
+def test_unread_reference_work_is_skipped(pack, tiny):
+    """The first expert block's reference q/k/v are computed once per run; the last expert block's
+    reference queries, output projection, cross-attention and FFN are never computed (nothing reads them)."""
+    base, expert, cfg = tiny
+    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    first, last = (expert.module.block(i) for i in (CONFIG["block_idx_with_mot_ref"][0], CONFIG["block_idx_with_mot_ref"][-1]))
+    calls = {}
+    hooks = [m.register_forward_hook(lambda mod, a, o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+             for name, m in (("first.k", first.self_attn.k), ("last.q", last.self_attn.q), ("last.k", last.self_attn.k),
+                             ("last.o", last.self_attn.o), ("last.ffn", last.ffn), ("last.cross", last.cross_attn))]
+    try:
+        i = _inputs(pack, cfg)
+        for _ in range(3):  # three steps of one sampling run
+            _call(patched, i, {"uuids": ["c", "u"]})
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls.get("first.k") == 1
+    assert calls.get("last.k") == 3
+    assert not any(calls.get(n) for n in ("last.q", "last.o", "last.ffn", "last.cross"))

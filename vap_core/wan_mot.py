@@ -25,39 +25,62 @@ def _modulation(block, e):
     return (comfy.model_management.cast_to(block.modulation, dtype=e.dtype, device=e.device).unsqueeze(0) + e).unbind(2)
 
 
-def _qkv(attn, x, freqs):
+def _rotated(norm, proj, x, freqs, heads, head_dim):
     b, s = x.shape[:2]
-    n, d = attn.num_heads, attn.head_dim
-    q = apply_rope1(attn.norm_q(attn.q(x)).view(b, s, n, d), freqs)
-    k = apply_rope1(attn.norm_k(attn.k(x)).view(b, s, n, d), freqs)
-    return q.view(b, s, n * d), k.view(b, s, n * d), attn.v(x)
+    return apply_rope1(norm(proj(x)).view(b, s, heads, head_dim), freqs).view(b, s, heads * head_dim)
+
+
+def reference_qkv(expert_block, r, e_ref, freqs_ref, with_query=True):
+    """Reference q (optional), k, v of an expert block for reference tokens ``r``."""
+    mr = _modulation(expert_block, e_ref)
+    attn = expert_block.self_attn
+    rn = torch.addcmul(mr[0], expert_block.norm1(r), 1 + mr[1])
+    q = _rotated(attn.norm_q, attn.q, rn, freqs_ref, attn.num_heads, attn.head_dim) if with_query else None
+    return q, _rotated(attn.norm_k, attn.k, rn, freqs_ref, attn.num_heads, attn.head_dim), attn.v(rn)
 
 
 def joint_block(block, expert_block, x, r, e, e_ref, freqs, freqs_ref, context, context_img_len,
-                ref_context, ref_context_img_len, transformer_options):
-    """One MoT block: base ``block`` on target ``x``, ``expert_block`` on reference ``r``."""
-    mx = _modulation(block, e)
-    mr = _modulation(expert_block, e_ref)
-    x = x.contiguous()
-    r = r.contiguous()
+                ref_context, ref_context_img_len, transformer_options, ref_qkv=None, update_reference=True):
+    """One MoT block: base ``block`` on target ``x``, ``expert_block`` on reference ``r``.
 
-    q, k, v = _qkv(block.self_attn, torch.addcmul(mx[0], block.norm1(x), 1 + mx[1]), freqs)
-    qr, kr, vr = _qkv(expert_block.self_attn, torch.addcmul(mr[0], expert_block.norm1(r), 1 + mr[1]), freqs_ref)
-    if qr.shape[0] != q.shape[0]:
-        qr, kr, vr = (t.expand(q.shape[0], -1, -1) for t in (qr, kr, vr))
-    joint = optimized_attention(torch.cat((q, qr), 1), torch.cat((k, kr), 1), torch.cat((v, vr), 1),
-                                heads=block.self_attn.num_heads, transformer_options=transformer_options)
-    del q, k, v, qr, kr, vr
-    s = x.shape[1]
-    x = torch.addcmul(x, block.self_attn.o(joint[:, :s]), mx[2])
+    ``ref_qkv``: the reference's (q, k, v) when already known (the first expert block's never change
+    within a sampling run). ``update_reference=False`` (the last expert block, whose reference output
+    nothing reads) skips the reference queries and everything after the joint attention for the
+    reference: the target output is the same, for about half the block's reference cost."""
+    mx = _modulation(block, e)
+    attn = block.self_attn
+    b, s, sr = x.shape[0], x.shape[1], r.shape[1]
+    x = x.contiguous()
+    xn = torch.addcmul(mx[0], block.norm1(x), 1 + mx[1])
+    # joint buffers filled stream by stream instead of torch.cat: one projection alive at a time
+    rows = s + sr if update_reference else s
+    q_all = x.new_empty((b, rows, x.shape[2]))
+    k_all = x.new_empty((b, s + sr, x.shape[2]))
+    v_all = torch.empty_like(k_all)
+    q_all[:, :s] = _rotated(attn.norm_q, attn.q, xn, freqs, attn.num_heads, attn.head_dim)
+    k_all[:, :s] = _rotated(attn.norm_k, attn.k, xn, freqs, attn.num_heads, attn.head_dim)
+    v_all[:, :s] = attn.v(xn)
+    del xn
+    qr, kr, vr = ref_qkv if ref_qkv is not None else reference_qkv(expert_block, r.contiguous(), e_ref, freqs_ref,
+                                                                     with_query=update_reference)
+    if update_reference:
+        q_all[:, s:] = qr
+    k_all[:, s:] = kr
+    v_all[:, s:] = vr
+    del qr, kr, vr
+    joint = optimized_attention(q_all, k_all, v_all, heads=attn.num_heads, transformer_options=transformer_options)
+    del q_all, k_all, v_all
+    x = torch.addcmul(x, attn.o(joint[:, :s]), mx[2])
+    x = x + block.cross_attn(block.norm3(x), context, context_img_len=context_img_len, transformer_options=transformer_options)
+    x = torch.addcmul(x, block.ffn(torch.addcmul(mx[3], block.norm2(x), 1 + mx[4])), mx[5])
+    if not update_reference:
+        return x, r
+
+    mr = _modulation(expert_block, e_ref)
     r = torch.addcmul(r, expert_block.self_attn.o(joint[:, s:]), mr[2])
     del joint
-
-    x = x + block.cross_attn(block.norm3(x), context, context_img_len=context_img_len, transformer_options=transformer_options)
     r = r + expert_block.cross_attn(expert_block.norm3(r), ref_context, context_img_len=ref_context_img_len,
                                     transformer_options=transformer_options)
-
-    x = torch.addcmul(x, block.ffn(torch.addcmul(mx[3], block.norm2(x), 1 + mx[4])), mx[5])
     r = torch.addcmul(r, expert_block.ffn(torch.addcmul(mr[3], expert_block.norm2(r), 1 + mr[4])), mr[5])
     return x, r
 
@@ -83,7 +106,11 @@ def reference_stream(wan, expert, ref_latent, ref_context, ref_clip_fea, dtype, 
     if ref_clip_fea is not None:
         ctx = torch.cat([expert.img_emb(ref_clip_fea), ctx], dim=1)
         ctx_img_len = ref_clip_fea.shape[-2]
-    return {"tokens": r, "freqs": freqs_ref, "e": e_ref, "context": ctx, "context_img_len": ctx_img_len}
+    # the first expert block sees the reference tokens as embedded: its reference q/k/v hold for every step
+    first = expert.expert_blocks[0]
+    first_qkv = reference_qkv(expert.block(first), r, e_ref, freqs_ref, with_query=len(expert.expert_blocks) > 1)
+    return {"tokens": r, "freqs": freqs_ref, "e": e_ref, "context": ctx, "context_img_len": ctx_img_len,
+            "qkv": {first: first_qkv}}
 
 
 def vap_forward(wan, expert, x, timestep, context, clip_fea, transformer_options, ref):
@@ -107,6 +134,9 @@ def vap_forward(wan, expert, x, timestep, context, clip_fea, transformer_options
 
     r = ref["tokens"]
     callback = transformer_options.get("vap_block_callback")
+    # nothing reads the reference after the last expert block (only the target is decoded), unless a
+    # callback inspects every block's streams
+    last_update = expert.expert_blocks[-1] if callback is None else None
     blocks_replace = transformer_options.get("patches_replace", {}).get("dit", {})
     transformer_options["total_blocks"] = len(wan.blocks)
     transformer_options["block_type"] = "double"
@@ -114,8 +144,13 @@ def vap_forward(wan, expert, x, timestep, context, clip_fea, transformer_options
         transformer_options["block_index"] = i
         expert_block = expert.block(i)
         if expert_block is not None:
+            update = i != last_update
+            qkv = ref["qkv"].get(i)
+            if qkv is not None and update and qkv[0] is None:
+                qkv = None  # cached without queries; this block needs them
             x, r = joint_block(block, expert_block, x, r, e0, ref["e"], freqs, ref["freqs"], context, context_img_len,
-                               ref["context"], ref["context_img_len"], transformer_options)
+                               ref["context"], ref["context_img_len"], transformer_options, ref_qkv=qkv,
+                               update_reference=update)
         elif ("double_block", i) in blocks_replace:
             def block_wrap(args, block=block):
                 return {"img": block(args["img"], context=args["txt"], e=args["vec"], freqs=args["pe"],
