@@ -130,3 +130,17 @@ def test_unread_reference_work_is_skipped(pack, tiny):
     assert calls.get("first.k") == 1
     assert calls.get("last.k") == 3
     assert not any(calls.get(n) for n in ("last.q", "last.o", "last.ffn", "last.cross"))
+
+
+def test_reference_shared_by_cond_and_uncond_is_embedded_once(pack, tiny):
+    base, expert, cfg = tiny
+    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    i = _inputs(pack, cfg, batch=2)
+    wa = pack.vap_core.wan_apply
+    for key in (wa.REF_LATENT, wa.REF_CLIP):  # the official pipeline: only the texts differ between the passes
+        i["ref"][key] = i["ref"][key][:1].expand_as(i["ref"][key]).clone()
+    both = _call(patched, i, {"uuids": ["c", "u"]})
+    wrapper = patched.get_wrappers("diffusion_model", wa.WRAPPER_KEY)[0]
+    assert wrapper.cache[1]["tokens"].shape[0] == 1
+    cond, uncond = _call(patched, i, {}, slice(0, 1)), _call(patched, i, {}, slice(1, 2))
+    assert torch.allclose(both, torch.cat([cond, uncond]), atol=1e-5)

@@ -43,42 +43,45 @@ def joint_block(block, expert_block, x, r, e, e_ref, freqs, freqs_ref, context, 
                 ref_context, ref_context_img_len, transformer_options, ref_qkv=None, update_reference=True):
     """One MoT block: base ``block`` on target ``x``, ``expert_block`` on reference ``r``.
 
+    The joint self-attention runs as two calls over the same joint keys/values (target queries, then
+    reference queries): the same softmax rows as one call, without a joint query or output buffer.
     ``ref_qkv``: the reference's (q, k, v) when already known (the first expert block's never change
-    within a sampling run). ``update_reference=False`` (the last expert block, whose reference output
-    nothing reads) skips the reference queries and everything after the joint attention for the
-    reference: the target output is the same, for about half the block's reference cost."""
+    within a sampling run). ``r`` / ``ref_qkv`` may have batch 1 for a reference shared by cond and
+    uncond. ``update_reference=False`` (the last expert block, whose reference output nothing reads)
+    skips the reference queries and everything after the attention for the reference."""
     mx = _modulation(block, e)
     attn = block.self_attn
-    b, s, sr = x.shape[0], x.shape[1], r.shape[1]
+    b, s = x.shape[:2]
     x = x.contiguous()
     xn = torch.addcmul(mx[0], block.norm1(x), 1 + mx[1])
-    # joint buffers filled stream by stream instead of torch.cat: one projection alive at a time
-    rows = s + sr if update_reference else s
-    q_all = x.new_empty((b, rows, x.shape[2]))
-    k_all = x.new_empty((b, s + sr, x.shape[2]))
-    v_all = torch.empty_like(k_all)
-    q_all[:, :s] = _rotated(attn.norm_q, attn.q, xn, freqs, attn.num_heads, attn.head_dim)
-    k_all[:, :s] = _rotated(attn.norm_k, attn.k, xn, freqs, attn.num_heads, attn.head_dim)
-    v_all[:, :s] = attn.v(xn)
-    del xn
     qr, kr, vr = ref_qkv if ref_qkv is not None else reference_qkv(expert_block, r.contiguous(), e_ref, freqs_ref,
                                                                      with_query=update_reference)
-    if update_reference:
-        q_all[:, s:] = qr
+    # joint keys/values filled stream by stream (one projection alive at a time, no torch.cat copies)
+    k_all = x.new_empty((b, s + kr.shape[1], x.shape[2]))
+    v_all = torch.empty_like(k_all)
     k_all[:, s:] = kr
     v_all[:, s:] = vr
-    del qr, kr, vr
-    joint = optimized_attention(q_all, k_all, v_all, heads=attn.num_heads, transformer_options=transformer_options)
-    del q_all, k_all, v_all
-    x = torch.addcmul(x, attn.o(joint[:, :s]), mx[2])
+    del kr, vr
+    k_all[:, :s] = _rotated(attn.norm_k, attn.k, xn, freqs, attn.num_heads, attn.head_dim)
+    v_all[:, :s] = attn.v(xn)
+    q = _rotated(attn.norm_q, attn.q, xn, freqs, attn.num_heads, attn.head_dim)
+    del xn
+    out = optimized_attention(q, k_all, v_all, heads=attn.num_heads, transformer_options=transformer_options)
+    del q
+    x = torch.addcmul(x, attn.o(out), mx[2])
+    del out
+    if update_reference:
+        out_r = optimized_attention(qr.expand(b, -1, -1).contiguous(), k_all, v_all, heads=attn.num_heads,
+                                    transformer_options=transformer_options)
+    del qr, k_all, v_all
     x = x + block.cross_attn(block.norm3(x), context, context_img_len=context_img_len, transformer_options=transformer_options)
     x = torch.addcmul(x, block.ffn(torch.addcmul(mx[3], block.norm2(x), 1 + mx[4])), mx[5])
     if not update_reference:
         return x, r
 
     mr = _modulation(expert_block, e_ref)
-    r = torch.addcmul(r, expert_block.self_attn.o(joint[:, s:]), mr[2])
-    del joint
+    r = torch.addcmul(r, expert_block.self_attn.o(out_r), mr[2])
+    del out_r
     r = r + expert_block.cross_attn(expert_block.norm3(r), ref_context, context_img_len=ref_context_img_len,
                                     transformer_options=transformer_options)
     r = torch.addcmul(r, expert_block.ffn(torch.addcmul(mr[3], expert_block.norm2(r), 1 + mr[4])), mr[5])
@@ -95,6 +98,9 @@ def reference_stream(wan, expert, ref_latent, ref_context, ref_clip_fea, dtype, 
                      ref_timestep=REFERENCE_TIMESTEP):
     """Everything about the reference that does not depend on the target or the step:
     tokens, RoPE table (temporal positions -F..-1), modulation and cross-attention context."""
+    if ref_latent.shape[0] > 1 and all(torch.equal(ref_latent[0], row) for row in ref_latent[1:]):
+        # cond and uncond carry the same reference video: embed it once, broadcast until the streams differ
+        ref_latent = ref_latent[:1]
     ref = comfy.ldm.common_dit.pad_to_patch_size(ref_latent, wan.patch_size)
     f, h, w = ref.shape[2:]
     freqs_ref = wan.rope_encode(f, h, w, t_start=-f, device=ref.device, dtype=dtype, transformer_options=transformer_options)
