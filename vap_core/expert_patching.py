@@ -69,7 +69,7 @@ class ExpertWrapper:
     def __init__(self, expert_patcher, start: float = 0.0, end: float = 1.0):
         self.expert_patcher = expert_patcher
         self.start, self.end = float(start), float(end)
-        self.cache = None
+        self.cache = {}
 
     def __deepcopy__(self, memo):
         return self  # never duplicate the expert, whatever copies the options (HOST_NOTES 2.2)
@@ -81,7 +81,7 @@ class ExpertWrapper:
         return fraction is None or self.start <= fraction <= self.end
 
     def clear(self):
-        self.cache = None
+        self.cache = {}
 
 
 def _clear_after_sampling(wrapper: ExpertWrapper):

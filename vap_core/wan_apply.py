@@ -36,18 +36,24 @@ class WanVAPWrapper(ExpertWrapper):
     the cache key holds the conds' uuids (new for every run and every changed conditioning), shapes,
     dtype, device and the expert's patch state (a LoRA on the expert invalidates it)."""
 
+    CACHE_ENTRIES = 4
+
     def reference(self, wan, expert, x, transformer_options, kwargs):
         uuids = transformer_options.get("uuids")
         key = None
         if uuids:
             key = (tuple(uuids), tuple(kwargs[REF_LATENT].shape), tuple(kwargs[REF_CONTEXT].shape), x.dtype, x.device,
                    id(expert), self.expert_patcher.patches_uuid, repr(transformer_options.get("rope_options")))
-            if self.cache is not None and self.cache[0] == key:
-                return self.cache[1]
+            if key in self.cache:
+                return self.cache[key]
         clip = kwargs.get(REF_CLIP)
         ref = wan_mot.reference_stream(wan, expert, kwargs[REF_LATENT].to(x.dtype), kwargs[REF_CONTEXT].to(x.dtype),
                                        None if clip is None else clip.to(x.dtype), x.dtype, transformer_options)
-        self.cache = None if key is None else (key, ref)
+        if key is not None:
+            # one entry per cond batch: ComfyUI calls cond and uncond separately when memory is short
+            if len(self.cache) >= self.CACHE_ENTRIES:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[key] = ref
         return ref
 
     def __call__(self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
