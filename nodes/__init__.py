@@ -4,11 +4,14 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from . import paths
+from .cog_conditioning import VAPCogConditioning
+from .cog_guidance import VAPDynamicCFGGuider
 from .expert_nodes import VAPApplyExpert, VAPExpertLoader
 from .reference_nodes import VAPLoadReferenceVideo
 from .wan_conditioning import VAPWanConditioning
 
-NODE_LIST: list[type[io.ComfyNode]] = [VAPExpertLoader, VAPApplyExpert, VAPWanConditioning, VAPLoadReferenceVideo]
+NODE_LIST: list[type[io.ComfyNode]] = [VAPExpertLoader, VAPApplyExpert, VAPWanConditioning, VAPLoadReferenceVideo,
+                                       VAPCogConditioning, VAPDynamicCFGGuider]
 
 
 class VAPExtension(ComfyExtension):

@@ -43,15 +43,15 @@ TEMPORAL_STRIDE = 4
 
 # ----------------------------------------------------------------------------------- validation
 
-def check_size(width: int, height: int, length: int) -> None:
+def check_size(width: int, height: int, length: int, family: str = "Wan", trained: str = "832x480") -> None:
     if width % SPATIAL_MULTIPLE or height % SPATIAL_MULTIPLE:
         raise VAPInputError(
-            f"width and height must be multiples of 16 for Wan (got {width}x{height}): set them to e.g. "
-            f"{_round16(width)}x{_round16(height)}.")
+            f"width and height must be multiples of 16 for {family} (got {width}x{height}): set them to e.g. "
+            f"{_round16(width)}x{_round16(height)} (VAP {family} was trained at {trained}).")
     if length < 1 or (length - 1) % TEMPORAL_STRIDE:
         lower = max(1, (length - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1)
         raise VAPInputError(
-            f"length must be 4k+1 frames for Wan (got {length}): use {lower} or {lower + TEMPORAL_STRIDE} "
+            f"length must be 4k+1 frames for {family} (got {length}): use {lower} or {lower + TEMPORAL_STRIDE} "
             "(VAP was trained with 49).")
 
 
@@ -60,6 +60,10 @@ def _round16(v: int) -> int:
 
 
 def check_vae(vae) -> None:
+    if type(getattr(vae, "first_stage_model", None)).__name__ == "AutoencoderKLCogVideoX":
+        raise VAPInputError(
+            "the connected VAE is the CogVideoX VAE: the Wan VAP model needs wan_2.1_vae.safetensors (load it with "
+            "'Load VAE'); for CogVideoX use 'VAP CogVideoX Conditioning' instead.")
     if getattr(vae, "latent_dim", None) != 3 or getattr(vae, "latent_channels", None) != LATENT_CHANNELS:
         raise VAPInputError(
             f"the connected VAE is not the Wan 2.1 video VAE (latent channels {getattr(vae, 'latent_channels', '?')}, "
