@@ -80,8 +80,9 @@ def _placeholder_models(base: str) -> None:
     for m in build_workflows.MODELS.values():
         os.makedirs(os.path.join(base, "models", m["directory"]), exist_ok=True)
         open(os.path.join(base, "models", m["directory"], m["name"]), "wb").close()
-    os.makedirs(os.path.join(base, "models", "vap"), exist_ok=True)
-    open(os.path.join(base, "models", "vap", build_workflows.EXPERT_NAME), "wb").close()
+    for name, directory in build_workflows.CONVERTED.items():
+        os.makedirs(os.path.join(base, "models", directory), exist_ok=True)
+        open(os.path.join(base, "models", directory, name), "wb").close()
     sys.path.insert(0, TESTS)
     import e2e_assets
     inputs = os.path.join(base, "input")
@@ -166,7 +167,7 @@ def test_ui_workflow_loads_cleanly_and_matches_api(frontend, ui_file, tmp_path):
 
     # every loader that needs a download says where from (the frontend's missing-model dialog uses this)
     for node in wf["nodes"]:
-        if node["type"] in build_workflows.MODEL_OF_LOADER:
+        if node["type"] in build_workflows.LOADERS and node["widgets_values"][0] not in build_workflows.CONVERTED:
             models = node.get("properties", {}).get("models")
             assert models and models[0]["name"] == node["widgets_values"][0], node["type"]
             assert models[0]["url"].startswith("https://huggingface.co/") and models[0]["directory"], models

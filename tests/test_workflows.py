@@ -46,11 +46,20 @@ def test_ui_and_api_twins_describe_the_same_graph(name):
     assert ui_links == api_links
     assert ui["version"] == 0.4 and ui["last_node_id"] >= max(int(k) for k in api)
     for node in ui["nodes"]:  # loaders carry name + download URL + folder for the frontend's model check
-        if node["type"] in bw.MODEL_OF_LOADER:
-            assert node["properties"]["models"] == [bw.MODELS[bw.MODEL_OF_LOADER[node["type"]]]]
+        api_node = api[str(node["id"])]
+        if node["type"] in bw.LOADERS:
+            file_name = api_node["inputs"][bw.LOADERS[node["type"]]]
+            if file_name in bw.CONVERTED:  # made by the pack's converter: no download
+                assert "models" not in node.get("properties", {}), node
+            else:
+                assert node["properties"]["models"] == [bw.model_of(api_node)], node
+                assert node["properties"]["models"][0]["name"] == file_name
 
 
-@pytest.mark.parametrize("name", NAMES)
+WAN_NAMES = [n for n in NAMES if n.startswith("wan_")]
+
+
+@pytest.mark.parametrize("name", WAN_NAMES)
 def test_official_demo_settings(name):
     api = _load(name)
     cond = _by_title(api, "VAP Wan Conditioning")["inputs"]
@@ -78,6 +87,34 @@ def test_official_demo_settings(name):
         assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"]) == (4, 1.0, "euler", "simple")
         assert _by_title(api, "ModelSamplingSD3")["inputs"]["shift"] == 5.0
         assert _by_title(api, "Step-distill LoRA")["inputs"]["lora_name"] == bw.MODELS["lora"]["name"]
+
+
+def test_cog_official_demo_settings():
+    """infer/cog_vap.py + the pipeline defaults (VAP_SPEC §4): 720x480, 49 frames evenly selected, 50 steps,
+    guidance 6 with use_dynamic_cfg, the official negative for both branches, fps 16, posterior samples."""
+    api = _load("cog_vap_official")
+    cond = _by_title(api, "VAP CogVideoX Conditioning")["inputs"]
+    ref = _by_title(api, "Reference video")["inputs"]
+    assert (cond["width"], cond["height"], cond["length"], cond["latent_mode"]) == (720, 480, 49, "sample")
+    assert (ref["width"], ref["height"], ref["num_frames"], ref["frame_selection"], ref["resize_mode"]) == \
+        (720, 480, 49, "evenly", "stretch")
+    assert _by_title(api, "Negative prompt")["inputs"]["text"] == bw.NEGATIVE
+    assert _by_title(api, "Reference negative prompt")["inputs"]["text"] == bw.NEGATIVE
+    assert cond["ref_negative"] == [next(k for k, n in api.items() if n["_meta"]["title"] == "Reference negative prompt"), 0]
+    assert _by_title(api, "Load CLIP")["inputs"]["type"] == "cogvideox"
+    guider = _by_title(api, "VAP Dynamic CFG Guider")["inputs"]
+    assert (guider["cfg"], guider["dynamic"]) == (6.0, True)
+    scheduler = _by_title(api, "Scheduler")["inputs"]
+    assert (scheduler["scheduler"], scheduler["steps"], scheduler["denoise"]) == ("simple", 50, 1.0)
+    assert _by_title(api, "DDIM (VOIDSampler)")["class_type"] == "VOIDSampler"
+    sampler = _by_title(api, "Sampler")
+    assert sampler["class_type"] == "SamplerCustomAdvanced"
+    assert [sampler["inputs"][k][0] for k in ("guider", "sampler", "sigmas")] == \
+        [next(k for k, n in api.items() if n["_meta"]["title"] == t) for t in ("VAP Dynamic CFG Guider",
+                                                                                 "DDIM (VOIDSampler)", "Scheduler")]
+    assert _by_title(api, "Create Video")["inputs"]["fps"] == 16.0
+    assert _by_title(api, "Load Diffusion Model")["inputs"]["unet_name"] == bw.COG_BASE_NAME
+    assert _by_title(api, "Load VAP Expert")["inputs"]["expert_name"] == bw.COG_EXPERT_NAME
 
 
 def _sigmas(shift, scheduler, steps):
@@ -140,6 +177,14 @@ def test_runner_overrides_reach_the_right_nodes():
     assert untouched == _load("wan_vap_official")
 
 
+def test_runner_overrides_seed_and_steps_of_a_custom_sampler_graph():
+    run = _runner()
+    api = _load("cog_vap_official")
+    run.apply_overrides(api, run.parse_args(["--seed", "7", "--steps", "3"]))
+    assert _by_title(api, "Noise")["inputs"]["noise_seed"] == 7
+    assert _by_title(api, "Scheduler")["inputs"]["steps"] == 3
+
+
 def test_runner_names_missing_models_with_download_and_folder():
     run = _runner()
     api = _load("wan_vap_lora_upscale")
@@ -165,6 +210,29 @@ def test_runner_names_missing_models_with_download_and_folder():
     assert f"python -m vap_core.convert" in text and bw.EXPERT_NAME in text
 
 
+def test_runner_tells_how_to_make_the_cog_files():
+    run = _runner()
+    api = _load("cog_vap_official")
+
+    class EmptyServer:
+        def object_info(self):
+            info = {}
+            for node in api.values():
+                for name, value in node["inputs"].items():
+                    if isinstance(value, str) and value.endswith(".safetensors"):
+                        info.setdefault(node["class_type"], {"input": {"required": {}}})["input"]["required"][name] = \
+                            ["COMBO", {"options": []}]
+            return info
+
+    with pytest.raises(run.ch.HeadlessError) as err:
+        run.check_models(EmptyServer(), api, "cog_vap_official")
+    text = str(err.value)
+    assert f"--expert ComfyUI/models/vap/{bw.COG_EXPERT_NAME}" in text
+    assert f"--base ComfyUI/models/diffusion_models/{bw.COG_BASE_NAME}" in text
+    for key in ("t5", "cog_vae"):
+        assert bw.MODELS[key]["url"] in text
+
+
 def test_resize_workflow_scales_sizes_only():
     import comfy_headless as ch
     api = _load("wan_vap_lora_upscale")
@@ -173,3 +241,11 @@ def test_resize_workflow_scales_sizes_only():
     assert _by_title(tiny, "Reference video")["inputs"]["num_frames"] == 9
     assert (_by_title(tiny, "Resize to 2x")["inputs"]["width"], _by_title(tiny, "Resize to 2x")["inputs"]["height"]) == (128, 96)
     assert _by_title(tiny, "KSampler")["inputs"] == _by_title(api, "KSampler")["inputs"]
+
+
+def test_resize_workflow_uses_each_workflows_own_size():
+    import comfy_headless as ch
+    tiny = ch.resize_workflow(_load("cog_vap_official"), 64, 48, 9)
+    cond = _by_title(tiny, "VAP CogVideoX Conditioning")["inputs"]
+    assert (cond["width"], cond["height"], cond["length"]) == (64, 48, 9)
+    assert _by_title(tiny, "Reference video")["inputs"]["num_frames"] == 9

@@ -59,10 +59,19 @@ MODELS = {
                     "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors"},
     "upscale": {"name": "RealESRGAN_x4plus.safetensors", "directory": "upscale_models",
                 "url": "https://huggingface.co/Comfy-Org/Real-ESRGAN_repackaged/resolve/main/RealESRGAN_x4plus.safetensors"},
+    # CogVideoX: the same T5 and VAE files as core's own CogVideoX blueprint (blueprints/Video Inpaint (VOID).json)
+    "t5": {"name": "t5xxl_fp16.safetensors", "directory": "text_encoders",
+           "url": "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors"},
+    "cog_vae": {"name": "cogvideox_vae.safetensors", "directory": "vae",
+                "url": "https://huggingface.co/Comfy-Org/void-model/resolve/main/vae/cogvideox_vae.safetensors"},
 }
 # The expert has no download of its own: it is made from the official release by the pack's converter
 # (python -m vap_core.convert ...). Its file name is the one the README's conversion command writes.
 EXPERT_NAME = "vap_wan2.1_14b_expert_bf16.safetensors"
+# CogVideoX: expert AND base come out of the official release (Video-As-Prompt-CogVideoX-5B) through the converter
+COG_EXPERT_NAME = "vap_cogvideox_5b_expert_bf16.safetensors"
+COG_BASE_NAME = "vap_cogvideox_5b_i2v_base_bf16.safetensors"
+CONVERTED = {EXPERT_NAME: "vap", COG_EXPERT_NAME: "vap", COG_BASE_NAME: "diffusion_models"}
 
 # sampler settings (the reasons are in workflows/README.md)
 OFFICIAL_SAMPLING = {"steps": 50, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "shift": 1.0}
@@ -125,17 +134,65 @@ def wan_vap_graph(lora: bool) -> dict:
     return g
 
 
-WORKFLOWS = {
-    "wan_vap_official": lambda: wan_vap_graph(lora=False),
-    "wan_vap_lora_upscale": lambda: wan_vap_graph(lora=True),
-}
+# CogVideoX official demo (infer/cog_vap.py, VAP_SPEC §4): 720x480, 49 frames, 50 steps, dynamic CFG 6, fps 16
+COG_WIDTH, COG_HEIGHT, COG_LENGTH, COG_FPS = 720, 480, 49, 16
+COG_SAMPLING = {"steps": 50, "cfg": 6.0, "dynamic": True, "scheduler": "simple"}
+COG_PROMPT = ("A chestnut-colored horse stands on a grassy hill against a backdrop of distant, snow-dusted mountains. "
+              "The horse begins to inflate, its defined, muscular body swelling and rounding into a smooth, "
+              "balloon-like form while retaining its rich, brown hide color. Without changing its orientation, the "
+              "now-buoyant horse lifts silently from the ground. It begins a steady vertical ascent, rising straight "
+              "up and eventually floating out of the top of the frame. The camera remains completely static "
+              "throughout the entire sequence, holding a fixed shot on the landscape as the horse transforms and "
+              "departs, ensuring the verdant hill and mountain range in the background stay perfectly still.")
+COG_REF_CAPTION = ("A hand holds up a single beige sneaker decorated with gold calligraphy and floral illustrations, "
+                   "with small green plants tucked inside. The sneaker immediately begins to inflate like a balloon, "
+                   "its shape distorting as the decorative details stretch and warp across the expanding surface. It "
+                   "rapidly transforms into a perfectly smooth, matte beige sphere, inheriting the primary color from "
+                   "the original shoe. Once the transformation is complete, the new balloon-like object quickly "
+                   "ascends, moving straight up and exiting the top of the frame. The camera remains completely "
+                   "static and the plain white background is unchanged throughout the entire sequence.")
 
-MODEL_OF_LOADER = {"UNETLoader": "base", "CLIPLoader": "te", "CLIPVisionLoader": "clip_vision", "VAELoader": "vae",
-                   "LoraLoaderModelOnly": "lora", "UpscaleModelLoader": "upscale"}
+
+def cog_vap_graph() -> dict:
+    """API-format graph of the official CogVideoX demo: SamplerCustomAdvanced with the VAP dynamic CFG guider,
+    core's alpha-space DDIM (VOIDSampler) and the 'simple' (= trailing) schedule; see docs/COGVIDEOX.md."""
+    s = COG_SAMPLING
+    return {
+        "1": _node("UNETLoader", "Load Diffusion Model", unet_name=COG_BASE_NAME, weight_dtype="default"),
+        "2": _node("VAPExpertLoader", "Load VAP Expert", expert_name=COG_EXPERT_NAME),
+        "3": _node("VAPApplyExpert", "Apply VAP Expert", model=["1", 0], vap_expert=["2", 0],
+                   start_percent=0.0, end_percent=1.0),
+        "5": _node("CLIPLoader", "Load CLIP", clip_name=MODELS["t5"]["name"], type="cogvideox", device="default"),
+        "6": _node("CLIPTextEncode", "Prompt", text=COG_PROMPT, clip=["5", 0]),
+        "7": _node("CLIPTextEncode", "Negative prompt", text=NEGATIVE, clip=["5", 0]),
+        "8": _node("CLIPTextEncode", "Reference caption", text=COG_REF_CAPTION, clip=["5", 0]),
+        "9": _node("CLIPTextEncode", "Reference negative prompt", text=NEGATIVE, clip=["5", 0]),
+        "11": _node("LoadImage", "Start image", image=START_IMAGE),
+        "12": _node("VAPLoadReferenceVideo", "Reference video", file=REFERENCE_VIDEO, frame_selection="evenly",
+                    num_frames=COG_LENGTH, width=COG_WIDTH, height=COG_HEIGHT, resize_mode="stretch", seed=0),
+        "16": _node("VAELoader", "Load VAE", vae_name=MODELS["cog_vae"]["name"]),
+        "17": _node("VAPCogConditioning", "VAP CogVideoX Conditioning", positive=["6", 0], negative=["7", 0],
+                    ref_positive=["8", 0], vae=["16", 0], width=COG_WIDTH, height=COG_HEIGHT, length=COG_LENGTH,
+                    batch_size=1, start_image=["11", 0], reference_frames=["12", 0], latent_mode="sample",
+                    seed=SEED, ref_negative=["9", 0]),
+        "20": _node("VAPDynamicCFGGuider", "VAP Dynamic CFG Guider", model=["3", 0], positive=["17", 0],
+                    negative=["17", 1], cfg=s["cfg"], dynamic=s["dynamic"]),
+        "21": _node("VOIDSampler", "DDIM (VOIDSampler)"),
+        "22": _node("BasicScheduler", "Scheduler", model=["3", 0], scheduler=s["scheduler"], steps=s["steps"],
+                    denoise=1.0),
+        "24": _node("RandomNoise", "Noise", noise_seed=SEED),
+        "18": _node("SamplerCustomAdvanced", "Sampler", noise=["24", 0], guider=["20", 0], sampler=["21", 0],
+                    sigmas=["22", 0], latent_image=["17", 2]),
+        "19": _node("VAEDecode", "VAE Decode", samples=["18", 0], vae=["16", 0]),
+        "30": _node("CreateVideo", "Create Video", images=["19", 0], fps=float(COG_FPS), bit_depth=8),
+        "31": _node("SaveVideo", "Save Video", video=["30", 0], filename_prefix="video/VAP_cogvideox", format="mp4",
+                    codec="h264"),
+    }
+
 
 # UI layout: column x, row y per node id (pixels), groups
 COLUMNS = {0: 0, 1: 460, 2: 920, 3: 1380, 4: 1800}
-LAYOUT = {
+WAN_LAYOUT = {
     "1": (0, 0), "20": (0, 130), "2": (0, 290), "3": (0, 400), "4": (0, 560),
     "5": (0, 700), "16": (0, 860), "10": (0, 980), "21": (0, 1100),
     "6": (1, 0), "7": (1, 260), "8": (1, 520), "9": (1, 780),
@@ -143,18 +200,49 @@ LAYOUT = {
     "17": (3, 0), "18": (3, 420),
     "19": (4, 0), "22": (4, 110), "23": (4, 220), "30": (4, 400), "31": (4, 520),
 }
-GROUPS = [
+WAN_GROUPS = [
     ("Models", "#3f789e", ["1", "20", "2", "3", "4", "5", "16", "10", "21"]),
     ("Prompts: target and reference", "#8A8", ["6", "7", "8", "9"]),
     ("Inputs: start image and reference video", "#b58b2a", ["11", "15", "12", "13", "14"]),
     ("Sample", "#a1309b", ["17", "18"]),
     ("Decode and save", "#444", ["19", "22", "23", "30", "31"]),
 ]
+COG_LAYOUT = {
+    "1": (0, 0), "2": (0, 130), "3": (0, 240), "5": (0, 400), "16": (0, 560),
+    "6": (1, 0), "7": (1, 260), "8": (1, 520), "9": (1, 780),
+    "11": (2, 0), "12": (2, 420),
+    "17": (3, 0), "20": (3, 520), "21": (3, 720), "22": (3, 800), "24": (3, 960), "18": (3, 1080),
+    "19": (4, 0), "30": (4, 110), "31": (4, 230),
+}
+COG_GROUPS = [
+    ("Models", "#3f789e", ["1", "2", "3", "5", "16"]),
+    ("Prompts: target and reference", "#8A8", ["6", "7", "8", "9"]),
+    ("Inputs: start image and reference video", "#b58b2a", ["11", "12"]),
+    ("Sample: official dynamic CFG, DDIM, 50 trailing steps", "#a1309b", ["17", "20", "21", "22", "24", "18"]),
+    ("Decode and save", "#444", ["19", "30", "31"]),
+]
+
+# name -> (graph builder, layout, groups)
+WORKFLOWS = {
+    "wan_vap_official": (lambda: wan_vap_graph(lora=False), WAN_LAYOUT, WAN_GROUPS),
+    "wan_vap_lora_upscale": (lambda: wan_vap_graph(lora=True), WAN_LAYOUT, WAN_GROUPS),
+    "cog_vap_official": (cog_vap_graph, COG_LAYOUT, COG_GROUPS),
+}
+
+LOADERS = {"UNETLoader": "unet_name", "CLIPLoader": "clip_name", "CLIPVisionLoader": "clip_name",
+           "VAELoader": "vae_name", "LoraLoaderModelOnly": "lora_name", "UpscaleModelLoader": "model_name"}
+
+
+def model_of(node: dict) -> dict | None:
+    """The MODELS entry (name, url, directory) a loader node of an API graph loads, if it has a download."""
+    key = LOADERS.get(node["class_type"])
+    name = node["inputs"].get(key) if key else None
+    return next((m for m in MODELS.values() if m["name"] == name), None)
 
 
 def write_api(out_dir: str = HERE) -> list[str]:
     paths = []
-    for name, make in WORKFLOWS.items():
+    for name, (make, _, _) in WORKFLOWS.items():
         path = os.path.join(out_dir, f"{name}.api.json")
         with open(path, "w", encoding="utf-8") as f:
             json.dump(make(), f, indent=2, ensure_ascii=False)
@@ -182,11 +270,11 @@ async (api, layout, models, columns) => {
 """
 
 
-def add_groups(ui: dict, api: dict, pad: int = 20, title_height: int = 50) -> None:
-    """Groups around the nodes of each GROUPS entry (bounding boxes from the serialized positions/sizes)."""
+def add_groups(ui: dict, api: dict, groups: list, pad: int = 20, title_height: int = 50) -> None:
+    """Groups around the nodes of each ``groups`` entry (bounding boxes from the serialized positions/sizes)."""
     nodes = {str(n["id"]): n for n in ui["nodes"]}
     ui["groups"] = []
-    for i, (title, color, ids) in enumerate(GROUPS, start=1):
+    for i, (title, color, ids) in enumerate(groups, start=1):
         members = [nodes[k] for k in ids if k in api and k in nodes]
         if not members:
             continue
@@ -213,8 +301,9 @@ def write_ui(comfyui: str, out_dir: str = HERE) -> list[str]:
         for m in MODELS.values():
             os.makedirs(os.path.join(base, "models", m["directory"]), exist_ok=True)
             open(os.path.join(base, "models", m["directory"], m["name"]), "wb").close()
-        os.makedirs(os.path.join(base, "models", "vap"), exist_ok=True)
-        open(os.path.join(base, "models", "vap", EXPERT_NAME), "wb").close()
+        for name, directory in CONVERTED.items():
+            os.makedirs(os.path.join(base, "models", directory), exist_ok=True)
+            open(os.path.join(base, "models", directory, name), "wb").close()
         e2e_assets.write_inputs(os.path.join(base, "input"))
         os.replace(os.path.join(base, "input", e2e_assets.INPUT_IMAGE), os.path.join(base, "input", START_IMAGE))
         os.replace(os.path.join(base, "input", e2e_assets.INPUT_VIDEO), os.path.join(base, "input", REFERENCE_VIDEO))
@@ -223,14 +312,13 @@ def write_ui(comfyui: str, out_dir: str = HERE) -> list[str]:
         with server, browser.Browser(chromium) as b:
             b.goto(f"http://{server.address}/")
             b.wait_for("window.app && window.app.graph && window.LiteGraph", timeout=120)
-            for name, make in WORKFLOWS.items():
+            for name, (make, full_layout, groups) in WORKFLOWS.items():
                 api = make()
-                models = {i: MODELS[MODEL_OF_LOADER[n["class_type"]]] for i, n in api.items()
-                          if n["class_type"] in MODEL_OF_LOADER}
-                layout = {i: LAYOUT[i] for i in api}
+                models = {i: model_of(n) for i, n in api.items() if model_of(n)}
+                layout = {i: full_layout[i] for i in api}
                 ui = b.evaluate(f"({_LAYOUT_JS})({json.dumps(api)}, {json.dumps(layout)}, {json.dumps(models)}, "
                                 f"{json.dumps(COLUMNS)})")
-                add_groups(ui, api)
+                add_groups(ui, api, groups)
                 ui.setdefault("extra", {})["ds"] = {"scale": 0.6, "offset": [40, 40]}
                 path = os.path.join(out_dir, f"{name}.json")
                 with open(path, "w", encoding="utf-8") as f:

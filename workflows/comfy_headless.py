@@ -447,13 +447,23 @@ def node_by_title(prompt: dict, title: str) -> str | None:
     return None
 
 
-SHIPPED_SIZE = (832, 480, 49)  # width, height, frames of the shipped workflows
+CONDITIONING_NODES = ("VAPWanConditioning", "VAPCogConditioning")
+
+
+def shipped_size(prompt: dict) -> tuple[int, int, int]:
+    """(width, height, length) of a workflow's VAP conditioning node (832x480x49 Wan, 720x480x49 CogVideoX)."""
+    for node in prompt.values():
+        if node["class_type"] in CONDITIONING_NODES:
+            i = node["inputs"]
+            return i["width"], i["height"], i["length"]
+    raise HeadlessError("the workflow has no VAP conditioning node (VAPWanConditioning / VAPCogConditioning).")
 
 
 def resize_workflow(prompt: dict, width: int, height: int, length: int) -> dict:
-    """Scale every width/height widget by width/832 and height/480 and set every frame count to ``length``
-    (VAPWanConditioning.length, VAPLoadReferenceVideo.num_frames). Upscaled sizes scale the same way."""
-    sw, sh, sl = SHIPPED_SIZE
+    """Scale every width/height widget by width/W and height/H of the workflow's own size (its conditioning
+    node's) and set every frame count of that length to ``length`` (the conditioning's length,
+    VAPLoadReferenceVideo.num_frames). Upscaled sizes scale the same way."""
+    sw, sh, sl = shipped_size(prompt)
     out = json.loads(json.dumps(prompt))
     for node in out.values():
         inputs = node.get("inputs", {})

@@ -42,7 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--demo", action="store_true",
                    help="tiny random models and inputs in a temp folder; output is noise (a smoke test)")
     p.add_argument("--workflow", default="wan_vap_official",
-                   help="shipped workflow name (wan_vap_official, wan_vap_lora_upscale) or an API-format .json")
+                   help="shipped workflow name (wan_vap_official, wan_vap_lora_upscale, cog_vap_official) or an "
+                        "API-format .json")
     p.add_argument("--image", help="start image (first frame of the new video)")
     p.add_argument("--reference-video", help="reference video whose effect/motion/style is transferred")
     p.add_argument("--prompt", help="describes the video to generate")
@@ -78,11 +79,14 @@ def apply_overrides(prompt: dict, args) -> dict:
     if args.negative_prompt is not None:
         set_text(prompt, TITLE_NEGATIVE, args.negative_prompt)
         set_text(prompt, TITLE_REF_NEGATIVE, args.negative_prompt)
-    for node in ch.nodes_of(prompt, "KSampler"):
-        if args.seed is not None:
-            prompt[node]["inputs"]["seed"] = args.seed
-        if args.steps is not None:
-            prompt[node]["inputs"]["steps"] = args.steps
+    # KSampler (Wan) or RandomNoise + BasicScheduler (CogVideoX, SamplerCustomAdvanced)
+    for class_type, seed_key, steps_key in (("KSampler", "seed", "steps"), ("RandomNoise", "noise_seed", None),
+                                            ("BasicScheduler", None, "steps")):
+        for node in ch.nodes_of(prompt, class_type):
+            if args.seed is not None and seed_key:
+                prompt[node]["inputs"][seed_key] = args.seed
+            if args.steps is not None and steps_key:
+                prompt[node]["inputs"][steps_key] = args.steps
     return prompt
 
 
@@ -123,6 +127,10 @@ def check_models(client: ch.ComfyClient, prompt: dict, workflow: str) -> None:
                 d = downloads.get(value)
                 if d:
                     where = f"download {d['url']}\n      into ComfyUI/models/{d['directory']}/"
+                elif node["class_type"] in ("VAPExpertLoader", "UNETLoader") and "cogvideox" in value.lower():
+                    flag, folder = ("--expert", "vap") if node["class_type"] == "VAPExpertLoader" else ("--base", "diffusion_models")
+                    where = ("convert the official release (expert and base):\n      python -m vap_core.convert "
+                             f"<Video-As-Prompt-CogVideoX-5B folder> {flag} ComfyUI/models/{folder}/{value} --dtype bf16")
                 elif node["class_type"] == "VAPExpertLoader":
                     where = ("convert the official release into ComfyUI/models/vap/:\n      python -m vap_core.convert "
                              f"<Video-As-Prompt-Wan2.1-14B folder> --expert ComfyUI/models/vap/{value} --dtype bf16")
