@@ -43,6 +43,8 @@ def official_cog_mot_state_dict(overrides: dict | None = None, seed: int = 0):
     rows = cfg["max_text_seq_length"] + frames * (cfg["sample_height"] // p) * (cfg["sample_width"] // p)
     embed = {"pos_embedding": (1, rows, c), "proj.weight": (c, cin, p, p), "proj.bias": (c,),
              "text_proj.weight": (c, t), "text_proj.bias": (c,)}
+    if not cfg["use_learned_positional_embeddings"]:
+        del embed["pos_embedding"]  # a RoPE-only model (no learned table on either patch embedding)
     time = {"linear_1.weight": (e, c), "linear_1.bias": (e,), "linear_2.weight": (e, e), "linear_2.bias": (e,)}
     shapes = {}
     for suffix in ("", "_mot_ref"):

@@ -13,6 +13,15 @@ vision, which have no tiny real layout):
 | loras | vap_test_step_lora.safetensors | rank-4 LoRA on the base's attention | core LoraLoaderModelOnly |
 | upscale_models | vap_test_esrgan_x4.safetensors | spandrel ESRGAN x4, 4 filters, 1 block | core UpscaleModelLoader |
 
+CogVideoX (``COG_MODEL_FILES``, :func:`write_cog_models`):
+
+| folder | file | made from | loaded by |
+|---|---|---|---|
+| diffusion_models | vap_test_cogvideox_i2v_base.safetensors | tiny official CogVideoX-I2V MoT (RoPE only, head dim 64) -> pack converter (base) | core UNETLoader |
+| vap | vap_test_cog_expert.safetensors | same checkpoint -> pack converter (expert) | VAPExpertLoader |
+| vae | vap_test_cog_vae.safetensors | comfy's CogVideoX VAE class at its fixed default width, fp16 (~431 MB) | core VAELoader |
+| text_encoders | vap_test_t5.safetensors | comfy's T5 class, 1 layer, width TINY_T5_DIM, shipped T5 tokenizer | VAPTestTinyT5Loader |
+
 Needs the host on sys.path with ``args.cpu`` set (``host.import_host()`` or :func:`import_comfy`).
 Weights are seeded random: every output is noise.
 """
@@ -41,6 +50,21 @@ MODEL_FILES = {
     "loras": "vap_test_step_lora.safetensors",
     "upscale_models": "vap_test_esrgan_x4.safetensors",
 }
+COG_MODEL_FILES = {
+    "diffusion_models": "vap_test_cogvideox_i2v_base.safetensors",
+    "vap": "vap_test_cog_expert.safetensors",
+    "vae": "vap_test_cog_vae.safetensors",
+    "text_encoders": "vap_test_t5.safetensors",
+}
+# official config values of the tiny CogVideoX-I2V VAP checkpoint (on top of cog_fixtures.DEFAULT_CONFIG), chosen
+# so that core's UNETLoader loads the converted base as it is: no learned positional table (ComfyUI's detection
+# keeps its 60x90x49 table otherwise), head dim 64 (assumed by the detection); text width = the tiny T5's
+# (filled in by cog_config_overrides); sample size = TINY_SIZE's latent (the RoPE base grid)
+COG_CONFIG = {
+    "use_learned_positional_embeddings": False, "use_rotary_positional_embeddings": True,
+    "num_attention_heads": 2, "attention_head_dim": 64, "num_layers": 3, "block_idx_with_mot_ref": [0, 2],
+    "sample_width": TINY_SIZE[0] // 8, "sample_height": TINY_SIZE[1] // 8, "sample_frames": TINY_SIZE[2],
+}
 INPUT_IMAGE = "vap_test_start.png"
 INPUT_VIDEO = "vap_test_reference.mp4"
 
@@ -55,6 +79,8 @@ LOADER_INPUTS = {
     "UpscaleModelLoader": ("model_name", "upscale_models"),
 }
 STANDIN_FOR = {"CLIPLoader": "VAPTestTinyUMT5Loader", "CLIPVisionLoader": "VAPTestTinyCLIPVisionLoader"}
+COG_STANDIN_FOR = {"CLIPLoader": "VAPTestTinyT5Loader"}
+COG_NODES = ("VAPCogConditioning",)  # a workflow holding one of these is a CogVideoX one
 
 
 def import_comfy(comfyui: str) -> None:
@@ -140,6 +166,39 @@ def write_models(models_dir: str, seed: int = 0) -> dict[str, str]:
     return dict(MODEL_FILES)
 
 
+def cog_config_overrides() -> dict:
+    """``COG_CONFIG`` with the text width of the tiny T5 stand-in."""
+    return {**COG_CONFIG, "text_embed_dim": _standins().TINY_T5_DIM}
+
+
+def write_cog_models(models_dir: str, seed: int = 0) -> dict[str, str]:
+    """Write the tiny CogVideoX VAP models into ``models_dir/<folder>/``; returns {folder: file name}."""
+    from safetensors.torch import save_file
+    paths = {}
+    for folder, name in COG_MODEL_FILES.items():
+        os.makedirs(os.path.join(models_dir, folder), exist_ok=True)
+        paths[folder] = os.path.join(models_dir, folder, name)
+    if TESTS not in sys.path:
+        sys.path.insert(0, TESTS)
+    from cog_fixtures import official_cog_mot_state_dict, write_official_folder
+    from tiny_models import make_tiny_cog_vae_state_dict
+
+    # base + expert: a tiny official CogVideoX-I2V MoT checkpoint through the pack's converter
+    convert = _pack_module("convert")
+    sd, config = official_cog_mot_state_dict(cog_config_overrides(), seed=seed)
+    with tempfile.TemporaryDirectory(prefix="vap_tiny_official_cog_") as root:
+        write_official_folder(root, sd, config)
+        convert.convert(root, expert_out=paths["vap"], base_out=paths["diffusion_models"], dtype="fp16", quiet=True)
+
+    save_file(make_tiny_cog_vae_state_dict(seed=seed), paths["vae"])
+    _standins().write_tiny_t5(paths["text_encoders"], seed=seed)
+    return dict(COG_MODEL_FILES)
+
+
+def is_cog_prompt(prompt: dict) -> bool:
+    return any(node.get("class_type") in COG_NODES for node in prompt.values())
+
+
 def write_inputs(input_dir: str, frames: int = 12, size: tuple[int, int] = (96, 64), fps: int = 16) -> dict[str, str]:
     """A start image (PNG) and a short reference clip (H.264 mp4) in ``input_dir``."""
     import av
@@ -165,9 +224,18 @@ def write_inputs(input_dir: str, frames: int = 12, size: tuple[int, int] = (96, 
 
 
 def tiny_prompt(prompt: dict, width: int | None = None, height: int | None = None, length: int | None = None,
-                image: str = INPUT_IMAGE, video: str = INPUT_VIDEO) -> dict:
-    """A shipped API workflow with only file names and sizes changed (+ the two stand-in loaders swapped in
-    by ``class_type``; their inputs are the core loaders')."""
+                image: str = INPUT_IMAGE, video: str = INPUT_VIDEO, variant: str | None = None) -> dict:
+    """A shipped API workflow with only file names and sizes changed (+ the stand-in loaders swapped in
+    by ``class_type``; their inputs are the core loaders').
+
+    ``variant``: ``"wan"`` or ``"cog"``; None: ``"cog"`` when the workflow holds a ``COG_NODES`` node. A Cog
+    workflow gets the ``COG_MODEL_FILES`` (``MODEL_FILES`` for the folders it lacks) and the tiny T5 loader."""
+    if variant is None:
+        variant = "cog" if is_cog_prompt(prompt) else "wan"
+    if variant not in ("wan", "cog"):
+        raise ValueError(f"variant must be 'wan' or 'cog', got {variant!r}")
+    files = {**MODEL_FILES, **COG_MODEL_FILES} if variant == "cog" else MODEL_FILES
+    standin_for = {**STANDIN_FOR, **COG_STANDIN_FOR} if variant == "cog" else STANDIN_FOR
     comfy_headless = headless()
     w, h, n = TINY_SIZE
     out = comfy_headless.resize_workflow(prompt, width or w, height or h, length or n)
@@ -175,9 +243,9 @@ def tiny_prompt(prompt: dict, width: int | None = None, height: int | None = Non
         cls = node["class_type"]
         if cls in LOADER_INPUTS:
             key, folder = LOADER_INPUTS[cls]
-            node["inputs"][key] = MODEL_FILES[folder]
-        if cls in STANDIN_FOR:
-            node["class_type"] = STANDIN_FOR[cls]
+            node["inputs"][key] = files[folder]
+        if cls in standin_for:
+            node["class_type"] = standin_for[cls]
         if cls == "LoadImage":
             node["inputs"]["image"] = image
         if cls == "VAPLoadReferenceVideo":
@@ -185,10 +253,14 @@ def tiny_prompt(prompt: dict, width: int | None = None, height: int | None = Non
     return out
 
 
-def make_base_directory(base: str, seed: int = 0) -> dict:
-    """A ComfyUI ``--base-directory`` with tiny models in models/ and the inputs in input/."""
+def make_base_directory(base: str, seed: int = 0, cog: bool = True) -> dict:
+    """A ComfyUI ``--base-directory`` with tiny models in models/ (Wan and, unless ``cog=False``, CogVideoX) and
+    the inputs in input/."""
     models = write_models(os.path.join(base, "models"), seed=seed)
-    inputs = write_inputs(os.path.join(base, "input"))
+    out = {"models": models}
+    if cog:
+        out["cog_models"] = write_cog_models(os.path.join(base, "models"), seed=seed)
+    out["inputs"] = write_inputs(os.path.join(base, "input"))
     for sub in ("output", "temp", "user", "custom_nodes"):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
-    return {"models": models, "inputs": inputs}
+    return out

@@ -1,8 +1,8 @@
 """The shipped API workflows through a REAL ComfyUI server (``python main.py --cpu``), end to end.
 
-One server for the module: ComfyUI from the host checkout on a free 127.0.0.1 port, its own base
-directory (tiny models in models/, inputs in input/, output/), this pack and the test node pack
-(tests/comfy_test_nodes) registered as custom nodes through an ``extra_model_paths`` yaml.
+One server for the session (fixture ``server``, tests/e2e_server.py): ComfyUI from the host checkout on a free
+127.0.0.1 port, its own base directory (tiny models in models/, inputs in input/, output/), this pack and the
+test node pack (tests/comfy_test_nodes) registered as custom nodes through an ``extra_model_paths`` yaml.
 The workflows are submitted over HTTP exactly as shipped except file names, sizes (64x48, 9 frames)
 and the two stand-in loaders (UMT5 / CLIP vision, same inputs as the core loaders). Checks: the mp4
 (frames, size, fps, decodable, not constant), websocket progress, cache on resubmission, /interrupt,
@@ -17,6 +17,7 @@ import os
 import numpy as np
 import pytest
 
+import e2e_server
 import host
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -30,52 +31,6 @@ REFERENCE = "12"      # VAPLoadReferenceVideo
 CONDITIONING = "17"   # VAPWanConditioning
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    if host.COMFYUI_PATH is None:
-        pytest.skip(f"ComfyUI host not found: {host.HOW_FOUND}")
-    host.import_host()  # comfy importable here (CPU) to write the tiny models
-    import e2e_assets
-    ch = e2e_assets.headless()
-    base = str(tmp_path_factory.mktemp("server_base"))
-    e2e_assets.make_base_directory(base)
-    srv = ch.ComfyServer(host.COMFYUI_PATH, custom_node_dirs=[(PACK, "ComfyUI-VAP"), e2e_assets.TEST_NODES_DIR],
-                         base_directory=base, cpu=True)
-    srv.start()
-    client = None
-    try:
-        client = ch.ComfyClient(srv.address)
-        yield {"server": srv, "client": client, "base": base, "ch": ch, "assets": e2e_assets}
-    finally:
-        if client is not None:
-            client.close()
-        srv.cleanup()
-
-
-def _tiny(server, name: str) -> dict:
-    ch, assets = server["ch"], server["assets"]
-    return assets.tiny_prompt(ch.load_api_workflow(name))
-
-
-def _run_ok(server, prompt, timeout=900):
-    result = server["client"].run(prompt, timeout=timeout)
-    assert result.status == "success", (server["ch"].describe_execution_error(result.error)
-                                        + "\n" + server["server"].log_tail())
-    return result
-
-
-def _video(server, result, tmp_path):
-    import av
-    files = [f for f in result.output_files() if f["filename"].endswith(".mp4")]
-    assert len(files) == 1, result.outputs
-    path = server["client"].download(files[0], str(tmp_path / files[0]["filename"]))
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
-        return {"frames": frames, "fps": float(stream.average_rate), "codec": stream.codec_context.name,
-                "width": stream.width, "height": stream.height, "path": path}
-
-
 def test_pack_and_stand_ins_are_loaded(server):
     info = server["client"].object_info()
     for node in ("VAPExpertLoader", "VAPApplyExpert", "VAPLoadReferenceVideo", "VAPWanConditioning",
@@ -85,12 +40,12 @@ def test_pack_and_stand_ins_are_loaded(server):
 
 
 def test_official_workflow_end_to_end_progress_and_cache(server, tmp_path):
-    prompt = _tiny(server, "wan_vap_official")
+    prompt = e2e_server.tiny(server, "wan_vap_official")
     steps = prompt[SAMPLER]["inputs"]["steps"]
     assert steps == 50  # shipped official step count, unchanged
 
-    result = _run_ok(server, prompt)
-    video = _video(server, result, tmp_path)
+    result = e2e_server.run_ok(server, prompt)
+    video = e2e_server.video(server, result, tmp_path)
     assert video["frames"].shape == (N, H, W, 3)
     assert (video["width"], video["height"], video["codec"], video["fps"]) == (W, H, "h264", 16.0)
     assert np.isfinite(video["frames"].astype(np.float32)).all() and video["frames"].std() > 1.0
@@ -103,16 +58,16 @@ def test_official_workflow_end_to_end_progress_and_cache(server, tmp_path):
     assert SAMPLER in result.executed
 
     # the same prompt again: everything is served from the cache, no node runs, same file reported
-    again = _run_ok(server, prompt)
+    again = e2e_server.run_ok(server, prompt)
     assert set(prompt) <= again.cached, f"not cached: {set(prompt) - again.cached}"
     assert again.executed == [] and not [p for p in again.progress if p.get("node") == SAMPLER]
 
 
 def test_lora_upscale_workflow_end_to_end(server, tmp_path):
-    prompt = _tiny(server, "wan_vap_lora_upscale")
+    prompt = e2e_server.tiny(server, "wan_vap_lora_upscale")
     assert prompt[SAMPLER]["inputs"]["steps"] == 4 and prompt[SAMPLER]["inputs"]["cfg"] == 1.0
-    result = _run_ok(server, prompt)
-    video = _video(server, result, tmp_path)
+    result = e2e_server.run_ok(server, prompt)
+    video = e2e_server.video(server, result, tmp_path)
     assert video["frames"].shape == (N, 2 * H, 2 * W, 3)  # x4 model, then resized to 2x
     assert np.isfinite(video["frames"].astype(np.float32)).all() and video["frames"].std() > 1.0
     assert "lora key not loaded" not in server["server"].log_text()
@@ -120,7 +75,7 @@ def test_lora_upscale_workflow_end_to_end(server, tmp_path):
 
 def test_interrupt_stops_sampling_and_the_next_prompt_runs(server):
     client = server["client"]
-    prompt = _tiny(server, "wan_vap_official")
+    prompt = e2e_server.tiny(server, "wan_vap_official")
     prompt[SAMPLER]["inputs"].update(steps=10000, seed=1234)
     interrupted = []
 
@@ -137,13 +92,13 @@ def test_interrupt_stops_sampling_and_the_next_prompt_runs(server):
     assert result.output_files() == []
 
     prompt[SAMPLER]["inputs"].update(steps=2, seed=4321)
-    _run_ok(server, prompt)
+    e2e_server.run_ok(server, prompt)
 
 
 @pytest.mark.parametrize("case", ["corrupt_video", "frames_mismatch", "conditioning_width", "conditioning_length"])
 def test_bad_input_fails_clearly_and_the_server_keeps_serving(server, case, tmp_path):
     client = server["client"]
-    prompt = _tiny(server, "wan_vap_official")
+    prompt = e2e_server.tiny(server, "wan_vap_official")
     prompt[SAMPLER]["inputs"].update(steps=2, seed=99)
     bad = copy.deepcopy(prompt)
     if case == "corrupt_video":
@@ -169,12 +124,12 @@ def test_bad_input_fails_clearly_and_the_server_keeps_serving(server, case, tmp_
         assert word in result.error["exception_message"], result.error["exception_message"]
     assert "Traceback" not in result.error["exception_message"]
 
-    _run_ok(server, prompt)  # the server is fine and runs the corrected prompt
+    e2e_server.run_ok(server, prompt)  # the server is fine and runs the corrected prompt
 
 
 def test_invalid_size_is_refused_at_submission(server):
     ch = server["ch"]
-    prompt = _tiny(server, "wan_vap_official")
+    prompt = e2e_server.tiny(server, "wan_vap_official")
     prompt[REFERENCE]["inputs"]["width"] = 100
     with pytest.raises(ch.PromptError) as refused:
         server["client"].queue_prompt(prompt)
@@ -188,7 +143,7 @@ def test_invalid_size_is_refused_at_submission(server):
 def test_http_api_prompt_is_the_shipped_one_except_names_and_sizes(server):
     """Guard for the claim in the module docstring: only names, sizes and the stand-in class types differ."""
     ch, assets = server["ch"], server["assets"]
-    for name in ("wan_vap_official", "wan_vap_lora_upscale"):
+    for name in ("wan_vap_official", "wan_vap_lora_upscale", "cog_vap_official"):
         shipped = ch.load_api_workflow(name)
         tiny = assets.tiny_prompt(shipped)
         assert set(tiny) == set(shipped)
@@ -198,7 +153,8 @@ def test_http_api_prompt_is_the_shipped_one_except_names_and_sizes(server):
                        "vae_name", "clip_name", "lora_name", "model_name"}
             assert changed <= allowed, (node_id, changed - allowed)
             if tiny[node_id]["class_type"] != node["class_type"]:
-                assert assets.STANDIN_FOR[node["class_type"]] == tiny[node_id]["class_type"]
+                standins = assets.COG_STANDIN_FOR if assets.is_cog_prompt(shipped) else assets.STANDIN_FOR
+                assert standins[node["class_type"]] == tiny[node_id]["class_type"]
         json.dumps(tiny)
 
 

@@ -1,4 +1,4 @@
-"""Tiny stand-ins for the two Wan models that cannot be made tiny in their real layout.
+"""Tiny stand-ins for the text/vision encoders that cannot be made tiny in their real layout.
 
 * UMT5-XXL: ComfyUI's ``CLIPLoader`` recognises it only with 24 blocks of d_ff 10240 and uses the fixed
   XXL config, so a tiny file is refused. The stand-in is still a real ``comfy.sd.CLIP`` built from
@@ -11,8 +11,13 @@
   (1280) and patching (14 px, 224 px input), so core ``CLIPVisionEncode`` returns a genuine
   ``comfy.clip_vision.Output`` with ``penultimate_hidden_states`` [1, 257, 1280], a deterministic
   function of the image.
+* T5-XXL (CogVideoX): core ``CLIPLoader(type='cogvideox')`` builds the fixed XXL config (d_model 4096,
+  24 layers). The stand-in is a real ``comfy.sd.CLIP`` from core classes (``comfy.text_encoders.cogvideo``:
+  ``CogVideoXTokenizer`` with ComfyUI's shipped T5 tokenizer, pads to 226 tokens; ``CogVideoXT5XXL``) with
+  the same vocabulary (32128) and a 1-layer, ``TINY_T5_DIM``-wide config passed through core's own
+  ``t5xxl_model_config`` option, so core ``CLIPTextEncode`` returns [1, 226, TINY_T5_DIM].
 
-Both are stored as .safetensors files in the usual model folders (``text_encoders/``, ``clip_vision/``)
+All are stored as .safetensors files in the usual model folders (``text_encoders/``, ``clip_vision/``)
 with their config in the metadata, so a workflow switches to them by changing only the loader's
 ``class_type``. Weights are seeded and random: outputs are meaningless, shapes and code paths are real.
 """
@@ -25,10 +30,18 @@ import torch
 
 UMT5_KEY = "vap_test_umt5_config"
 CLIP_VISION_KEY = "vap_test_clip_vision_config"
+T5_KEY = "vap_test_t5_config"
 
 TINY_UMT5_CONFIG = {
     # only what differs from comfy/text_encoders/umt5_config_xxl.json (merged by core via model_options)
     "d_ff": 32, "d_kv": 16, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1, "vocab_size": 256,
+}
+
+TINY_T5_DIM = 32  # width of the tiny CogVideoX T5 (the conditioning is [1, 226, TINY_T5_DIM])
+TINY_T5_CONFIG = {
+    # only what differs from comfy/text_encoders/t5_config_xxl.json (merged by core via model_options);
+    # the vocabulary stays 32128 so ComfyUI's shipped T5 tokenizer is used unchanged
+    "d_model": TINY_T5_DIM, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1,
 }
 
 TINY_CLIP_VISION_CONFIG = {
@@ -155,3 +168,49 @@ def load_tiny_clip_vision(path: str):
     if missing:
         raise ValueError(f"{path}: missing CLIP vision weights {missing[:5]}")
     return model
+
+
+def _t5_config() -> dict:
+    import os
+
+    import comfy.text_encoders.sd3_clip
+    path = os.path.join(os.path.dirname(os.path.realpath(comfy.text_encoders.sd3_clip.__file__)), "t5_config_xxl.json")
+    with open(path) as f:
+        config = json.load(f)
+    config.update(TINY_T5_CONFIG)
+    return config
+
+
+def tiny_t5_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded weights for ComfyUI's own T5 encoder class (``comfy.text_encoders.t5.T5``) at the tiny config."""
+    import comfy.ops
+    import comfy.text_encoders.t5
+    with torch.device("meta"):
+        model = comfy.text_encoders.t5.T5(_t5_config(), torch.float32, "meta", comfy.ops.manual_cast)
+    generator = torch.Generator().manual_seed(seed)
+    return {k: _seeded(tuple(v.shape), generator, k).float().contiguous() for k, v in sorted(model.state_dict().items())}
+
+
+def write_tiny_t5(path: str, seed: int = 0) -> str:
+    from safetensors.torch import save_file
+    save_file(tiny_t5_state_dict(seed), path, metadata={T5_KEY: json.dumps(TINY_T5_CONFIG)})
+    return path
+
+
+def load_tiny_t5(path: str, device: str = "default"):
+    """A ``comfy.sd.CLIP`` exactly as ``CLIPLoader(type='cogvideox')`` builds it, at the tiny config."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.cogvideo
+    import comfy.utils
+    sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+    config = json.loads((metadata or {}).get(T5_KEY, "null"))
+    if config is None:
+        raise ValueError(f"{path} is not a tiny T5 stand-in (no {T5_KEY} metadata)")
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.cogvideo.CogVideoXTokenizer,
+                                                    comfy.text_encoders.cogvideo.CogVideoXT5XXL)
+    model_options = {"t5xxl_model_config": config}
+    if device == "cpu":
+        model_options["load_device"] = model_options["offload_device"] = torch.device("cpu")
+    params = sum(v.numel() for v in sd.values())
+    return comfy.sd.CLIP(target, parameters=params, state_dict=[sd], model_options=model_options)

@@ -1,0 +1,91 @@
+"""The shipped CogVideoX workflow through a REAL ComfyUI server, end to end, with one and two references.
+
+Same session server as tests/test_server_e2e.py (fixture ``server``): tiny random CogVideoX base + expert
+(converted from a tiny official-layout checkpoint), the real-layout CogVideoX VAE and a tiny T5 stand-in for
+*Load CLIP* (type cogvideox). The workflow is submitted as shipped except file names, sizes (64x48, 9 frames)
+and that loader; the two-reference run adds a second *Load VAP Reference Video* and caption.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+import e2e_server
+
+pytestmark = [pytest.mark.server, pytest.mark.host]
+
+W, H, N = 64, 48, 9
+WORKFLOW = "cog_vap_official"
+SAMPLER = "18"        # SamplerCustomAdvanced
+REFERENCE = "12"      # VAPLoadReferenceVideo
+CAPTION = "8"         # reference caption (CLIPTextEncode)
+CONDITIONING = "17"   # VAPCogConditioning
+STEPS = 50
+
+
+def test_cog_nodes_are_loaded(server):
+    info = server["client"].object_info()
+    for node in ("VAPCogConditioning", "VAPDynamicCFGGuider", "VOIDSampler", "VAPTestTinyT5Loader"):
+        assert node in info, f"{node} not registered; server log:\n{server['server'].log_tail()}"
+
+
+def _check_video(server, result, tmp_path):
+    video = e2e_server.video(server, result, tmp_path)
+    assert video["frames"].shape == (N, H, W, 3)
+    assert (video["width"], video["height"], video["codec"], video["fps"]) == (W, H, "h264", 16.0)
+    assert np.isfinite(video["frames"].astype(np.float32)).all() and video["frames"].std() > 1.0
+    return video
+
+
+@pytest.fixture(scope="module")
+def one_reference(server, tmp_path_factory):
+    prompt = e2e_server.tiny(server, WORKFLOW)
+    assert prompt[SAMPLER]["class_type"] == "SamplerCustomAdvanced"
+    result = e2e_server.run_ok(server, prompt)
+    return {"prompt": prompt, "result": result,
+            "video": _check_video(server, result, tmp_path_factory.mktemp("cog_one"))}
+
+
+def test_official_cog_workflow_one_reference(server, one_reference):
+    result = one_reference["result"]
+    # the shipped 50 steps, reported step by step over the websocket by the sampler node
+    progress = [p for p in result.progress if p.get("node") == SAMPLER]
+    assert progress and all(p["max"] == STEPS for p in progress)
+    assert [p["value"] for p in progress][-1] == STEPS
+    assert "Traceback" not in server["server"].log_text()
+
+
+def test_official_cog_workflow_two_references(server, one_reference, tmp_path):
+    prompt = copy.deepcopy(one_reference["prompt"])
+    second_video, second_caption = "40", "41"
+    prompt[second_video] = copy.deepcopy(prompt[REFERENCE])
+    prompt[second_video]["inputs"]["frame_selection"] = "first"   # another clip of the same file
+    prompt[second_video]["_meta"]["title"] = "Reference video 2"
+    prompt[second_caption] = copy.deepcopy(prompt[CAPTION])
+    prompt[second_caption]["inputs"]["text"] = "A second reference: a square slides to the right."
+    prompt[second_caption]["_meta"]["title"] = "Reference caption 2"
+    prompt[CONDITIONING]["inputs"].update(reference_frames_2=[second_video, 0], ref_positive_2=[second_caption, 0])
+    result = e2e_server.run_ok(server, prompt)
+    video = _check_video(server, result, tmp_path)
+    assert CONDITIONING in result.executed and SAMPLER in result.executed
+    # same seeds, one more reference: a different video
+    assert not np.array_equal(video["frames"], one_reference["video"]["frames"])
+
+
+@pytest.mark.parametrize("case", ["length", "wan_vae"])
+def test_bad_input_fails_clearly(server, case):
+    prompt = e2e_server.tiny(server, WORKFLOW)
+    if case == "length":
+        prompt[CONDITIONING]["inputs"]["length"] = 10
+        words = ["4k+1", "9 or 13"]
+    else:
+        vae = next(k for k, n in prompt.items() if n["class_type"] == "VAELoader")
+        prompt[vae]["inputs"]["vae_name"] = server["assets"].MODEL_FILES["vae"]   # the tiny Wan VAE
+        words = ["not the CogVideoX VAE", "Load VAE"]
+    result = server["client"].run(prompt, timeout=600)
+    assert result.status == "error" and result.error["node_id"] == CONDITIONING
+    assert result.error["exception_type"].endswith("VAPInputError")
+    for word in words:
+        assert word in result.error["exception_message"], result.error["exception_message"]
