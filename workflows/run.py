@@ -219,7 +219,7 @@ def main(argv=None) -> int:
             e2e_assets, node_dirs = demo_modules()
             print("demo: writing tiny random models and inputs ...", file=sys.stderr)
             e2e_assets.import_comfy(comfyui)
-            e2e_assets.make_base_directory(os.path.join(work, "base"))
+            e2e_assets.make_base_directory(os.path.join(work, "base"), cog=e2e_assets.is_cog_prompt(prompt))
             prompt = e2e_assets.tiny_prompt(prompt)
             server = ch.ComfyServer(comfyui, custom_node_dirs=node_dirs, base_directory=os.path.join(work, "base"),
                                     cpu=True, extra_args=args.comfy_arg, log_path=os.path.join(work, "server.log"))
