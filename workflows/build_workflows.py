@@ -192,6 +192,7 @@ def cog_vap_graph() -> dict:
 
 # UI layout: column x, row y per node id (pixels), groups
 COLUMNS = {0: 0, 1: 460, 2: 920, 3: 1380, 4: 1800}
+COG_COLUMNS = {**COLUMNS, 4: 1900}  # the CogVideoX conditioning node is wider
 WAN_LAYOUT = {
     "1": (0, 0), "20": (0, 130), "2": (0, 290), "3": (0, 400), "4": (0, 560),
     "5": (0, 700), "16": (0, 860), "10": (0, 980), "21": (0, 1100),
@@ -222,11 +223,11 @@ COG_GROUPS = [
     ("Decode and save", "#444", ["19", "30", "31"]),
 ]
 
-# name -> (graph builder, layout, groups)
+# name -> (graph builder, layout, groups, columns)
 WORKFLOWS = {
-    "wan_vap_official": (lambda: wan_vap_graph(lora=False), WAN_LAYOUT, WAN_GROUPS),
-    "wan_vap_lora_upscale": (lambda: wan_vap_graph(lora=True), WAN_LAYOUT, WAN_GROUPS),
-    "cog_vap_official": (cog_vap_graph, COG_LAYOUT, COG_GROUPS),
+    "wan_vap_official": (lambda: wan_vap_graph(lora=False), WAN_LAYOUT, WAN_GROUPS, COLUMNS),
+    "wan_vap_lora_upscale": (lambda: wan_vap_graph(lora=True), WAN_LAYOUT, WAN_GROUPS, COLUMNS),
+    "cog_vap_official": (cog_vap_graph, COG_LAYOUT, COG_GROUPS, COG_COLUMNS),
 }
 
 LOADERS = {"UNETLoader": "unet_name", "CLIPLoader": "clip_name", "CLIPVisionLoader": "clip_name",
@@ -242,7 +243,7 @@ def model_of(node: dict) -> dict | None:
 
 def write_api(out_dir: str = HERE) -> list[str]:
     paths = []
-    for name, (make, _, _) in WORKFLOWS.items():
+    for name, (make, *_) in WORKFLOWS.items():
         path = os.path.join(out_dir, f"{name}.api.json")
         with open(path, "w", encoding="utf-8") as f:
             json.dump(make(), f, indent=2, ensure_ascii=False)
@@ -312,12 +313,12 @@ def write_ui(comfyui: str, out_dir: str = HERE) -> list[str]:
         with server, browser.Browser(chromium) as b:
             b.goto(f"http://{server.address}/")
             b.wait_for("window.app && window.app.graph && window.LiteGraph", timeout=120)
-            for name, (make, full_layout, groups) in WORKFLOWS.items():
+            for name, (make, full_layout, groups, columns) in WORKFLOWS.items():
                 api = make()
                 models = {i: model_of(n) for i, n in api.items() if model_of(n)}
                 layout = {i: full_layout[i] for i in api}
                 ui = b.evaluate(f"({_LAYOUT_JS})({json.dumps(api)}, {json.dumps(layout)}, {json.dumps(models)}, "
-                                f"{json.dumps(COLUMNS)})")
+                                f"{json.dumps(columns)})")
                 add_groups(ui, api, groups)
                 ui.setdefault("extra", {})["ds"] = {"scale": 0.6, "offset": [40, 40]}
                 path = os.path.join(out_dir, f"{name}.json")
