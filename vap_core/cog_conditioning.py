@@ -29,6 +29,7 @@ import node_helpers
 from .cog_apply import REF_CONTEXT, REF_COUNT, REF_KEYS, REF_LATENT
 from .cog_mot import MAX_REFERENCES
 from .errors import VAPInputError
+from . import wan_conditioning
 from .wan_conditioning import check_reference_frames, check_size, fit_reference_frames
 
 TEXT_TOKENS = 226                 # max_sequence_length of the official pipeline (= ComfyUI's cogvideox T5 padding)
@@ -54,12 +55,8 @@ def check_vae(vae) -> None:
 
 
 def check_no_reference(conditioning, name: str) -> None:
-    for _, d in conditioning:
-        if any(k in d.get("model_conds", {}) for k in REF_KEYS):
-            raise VAPInputError(
-                f"the {name} conditioning already carries a VAP reference (from another VAP conditioning node): "
-                f"connect the plain text conditioning (e.g. straight from 'CLIP Text Encode'); add up to "
-                f"{MAX_REFERENCES} references on one 'VAP CogVideoX Conditioning' node instead of chaining nodes.")
+    wan_conditioning.check_no_reference(conditioning, name, REF_KEYS, f"add up to {MAX_REFERENCES} references on one "
+                                        "'VAP CogVideoX Conditioning' node instead.")
 
 
 def caption_states(conditioning, name: str) -> torch.Tensor:

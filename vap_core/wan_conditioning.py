@@ -97,14 +97,16 @@ def check_clip_vision(clip_vision_output, name: str) -> None:
             "the reference.")
 
 
-def check_no_reference(conditioning, name: str) -> None:
-    """Wan VAP takes exactly one reference (the official code asserts num_mot_ref == 1)."""
+def check_no_reference(conditioning, name: str, keys=REF_KEYS,
+                       hint: str = "Wan VAP supports exactly one reference video.") -> None:
+    """Refuse a conditioning that already went through a VAP conditioning node (Wan VAP takes exactly one
+    reference: the official code asserts num_mot_ref == 1)."""
     for _, d in conditioning:
-        if any(k in d.get("model_conds", {}) for k in REF_KEYS):
+        if any(k in d.get("model_conds", {}) for k in keys):
             raise VAPInputError(
-                f"the {name} conditioning already carries a VAP reference (from another 'VAP Wan Conditioning' "
-                "node): Wan VAP supports exactly one reference video. Connect the plain text conditioning "
-                "(e.g. straight from 'CLIP Text Encode') instead of chaining two VAP conditioning nodes.")
+                f"the {name} conditioning already carries a VAP reference (from another VAP conditioning node): "
+                f"{hint} Connect the plain text conditioning (e.g. straight from 'CLIP Text Encode') instead of "
+                "chaining two VAP conditioning nodes.")
 
 
 def single_text_states(conditioning, name: str) -> torch.Tensor:

@@ -87,25 +87,26 @@ def _seeded(shape, generator, name: str) -> torch.Tensor:
     return torch.randn(shape, generator=generator) / fan_in ** 0.5
 
 
-def _umt5_config() -> dict:
+def _t5_family_state_dict(text_encoder_module, config_json: str, overrides: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded weights for ComfyUI's own T5 encoder class (``comfy.text_encoders.t5.T5``) at the core config
+    ``config_json`` (next to ``text_encoder_module``) with ``overrides`` applied."""
     import os
 
-    import comfy.text_encoders.wan
-    path = os.path.join(os.path.dirname(os.path.realpath(comfy.text_encoders.wan.__file__)), "umt5_config_xxl.json")
+    import comfy.ops
+    import comfy.text_encoders.t5
+    path = os.path.join(os.path.dirname(os.path.realpath(text_encoder_module.__file__)), config_json)
     with open(path) as f:
-        config = json.load(f)
-    config.update(TINY_UMT5_CONFIG)
-    return config
+        config = {**json.load(f), **overrides}
+    with torch.device("meta"):
+        model = comfy.text_encoders.t5.T5(config, torch.float32, "meta", comfy.ops.manual_cast)
+    generator = torch.Generator().manual_seed(seed)
+    return {k: _seeded(tuple(v.shape), generator, k).float().contiguous() for k, v in sorted(model.state_dict().items())}
 
 
 def tiny_umt5_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """Seeded weights for ComfyUI's own UMT5 encoder class at the tiny config, plus ``spiece_model``."""
-    import comfy.ops
-    import comfy.text_encoders.t5
-    with torch.device("meta"):
-        model = comfy.text_encoders.t5.T5(_umt5_config(), torch.float32, "meta", comfy.ops.manual_cast)
-    generator = torch.Generator().manual_seed(seed)
-    sd = {k: _seeded(tuple(v.shape), generator, k).float().contiguous() for k, v in sorted(model.state_dict().items())}
+    import comfy.text_encoders.wan
+    sd = _t5_family_state_dict(comfy.text_encoders.wan, "umt5_config_xxl.json", TINY_UMT5_CONFIG, seed)
     sd["spiece_model"] = torch.frombuffer(bytearray(train_spiece_model(TINY_UMT5_CONFIG["vocab_size"])),
                                           dtype=torch.uint8).clone()
     return sd
@@ -170,25 +171,10 @@ def load_tiny_clip_vision(path: str):
     return model
 
 
-def _t5_config() -> dict:
-    import os
-
-    import comfy.text_encoders.sd3_clip
-    path = os.path.join(os.path.dirname(os.path.realpath(comfy.text_encoders.sd3_clip.__file__)), "t5_config_xxl.json")
-    with open(path) as f:
-        config = json.load(f)
-    config.update(TINY_T5_CONFIG)
-    return config
-
-
 def tiny_t5_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """Seeded weights for ComfyUI's own T5 encoder class (``comfy.text_encoders.t5.T5``) at the tiny config."""
-    import comfy.ops
-    import comfy.text_encoders.t5
-    with torch.device("meta"):
-        model = comfy.text_encoders.t5.T5(_t5_config(), torch.float32, "meta", comfy.ops.manual_cast)
-    generator = torch.Generator().manual_seed(seed)
-    return {k: _seeded(tuple(v.shape), generator, k).float().contiguous() for k, v in sorted(model.state_dict().items())}
+    import comfy.text_encoders.sd3_clip
+    return _t5_family_state_dict(comfy.text_encoders.sd3_clip, "t5_config_xxl.json", TINY_T5_CONFIG, seed)
 
 
 def write_tiny_t5(path: str, seed: int = 0) -> str:
