@@ -25,6 +25,20 @@ def test_without_reference_output_is_bit_identical_to_base(pack, tiny):
     assert not torch.allclose(_run(pack, patched, i), plain, atol=1e-3)  # the reference does act
 
 
+@pytest.mark.parametrize("num_refs", [1, 2])
+def test_skipping_unread_reference_work_is_exact(pack, tiny, num_refs):
+    """Without a block callback the last expert block skips the reference's queries, output projection and FFN
+    (nothing reads them); with one (as the golden parity test runs) everything is computed: same output."""
+    i = random_inputs(tiny["config"], num_refs=num_refs, seed=8)
+    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
+    streams = {}
+    full = _run(pack, patched, i, callback=lambda k, x, r, t, rt: streams.setdefault(k, r.clone()))
+    fast = _run(pack, patched, i)
+    torch.testing.assert_close(fast, full, rtol=0, atol=2e-6)
+    last = tiny["expert"].expert_blocks[-1]
+    assert not torch.equal(streams[last], streams[last - 1])  # the full path did update the reference there
+
+
 def test_clone_shares_expert_weights(pack, tiny):
     patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
     clone = patched.clone().clone()

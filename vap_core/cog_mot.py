@@ -144,16 +144,23 @@ def time_embedding(owner, timestep, dim, layout, dtype):
 
 # ---- blocks ---------------------------------------------------------------------------------------------
 
-def _qkv(block, tokens, text_len, rope, apply_rope):
+def _rotated(x, text_len, rope, apply_rope):
+    """Rotate the video tokens of x [B, S, heads, D] (ComfyUI's rotation takes [B, heads, S, D]); text stays."""
+    if rope is None:
+        return x
+    return torch.cat([x[:, :text_len], apply_rope(x[:, text_len:].transpose(1, 2), rope).transpose(1, 2)], dim=1)
+
+
+def _qkv(block, tokens, text_len, rope, apply_rope, queries=True):
+    """(q, k, v) [B, S, heads*D] of one stream; q is None with ``queries=False``."""
     b, s, _ = tokens.shape
     n, d = block.num_heads, block.head_dim
-    q = block.norm_q(block.q(tokens).view(b, s, n, d))
-    k = block.norm_k(block.k(tokens).view(b, s, n, d))
+    k = _rotated(block.norm_k(block.k(tokens).view(b, s, n, d)), text_len, rope, apply_rope)
     v = block.v(tokens)
-    if rope is not None:  # video tokens only; ComfyUI's rotation takes [B, heads, S, D]
-        q = torch.cat([q[:, :text_len], apply_rope(q[:, text_len:].transpose(1, 2), rope).transpose(1, 2)], dim=1)
-        k = torch.cat([k[:, :text_len], apply_rope(k[:, text_len:].transpose(1, 2), rope).transpose(1, 2)], dim=1)
-    return q.reshape(b, s, n * d), k.reshape(b, s, n * d), v
+    q = None
+    if queries:
+        q = _rotated(block.norm_q(block.q(tokens).view(b, s, n, d)), text_len, rope, apply_rope).reshape(b, s, n * d)
+    return q, k.reshape(b, s, n * d), v
 
 
 def _feed_forward(block, x, t, emb):
@@ -163,26 +170,34 @@ def _feed_forward(block, x, t, emb):
     return x + gate * out[:, text_len:], t + text_gate * out[:, :text_len]
 
 
-def joint_block(block, expert_block, x, t, r, rt, emb, emb_ref, rope, rope_ref, transformer_options):
+def joint_block(block, expert_block, x, t, r, rt, emb, emb_ref, rope, rope_ref, transformer_options,
+                update_reference=True):
     """One MoT block: base ``block`` on target (video ``x``, text ``t``), ``expert_block`` on the reference
-    (video ``r``, text ``rt``), one attention over [t, x, rt, r]."""
+    (video ``r``, text ``rt``), one attention over [t, x, rt, r].
+
+    ``update_reference=False`` (the last expert block, whose reference output nothing reads): the reference
+    only lends its keys and values; its queries, output projection and FFN are skipped and ``r``, ``rt`` are
+    returned unchanged."""
     apply_rope = native_cogvideox().apply_rotary_emb
     nx, nt, gate, text_gate = block.norm1(x, t, emb)
     nr, nrt, gate_r, text_gate_r = expert_block.norm1(r, rt, emb_ref)
     q, k, v = _qkv(block, torch.cat([nt, nx], dim=1), t.shape[1], rope, apply_rope)
-    qr, kr, vr = _qkv(expert_block, torch.cat([nrt, nr], dim=1), rt.shape[1], rope_ref, apply_rope)
+    qr, kr, vr = _qkv(expert_block, torch.cat([nrt, nr], dim=1), rt.shape[1], rope_ref, apply_rope,
+                      queries=update_reference)
     del nx, nt, nr, nrt
-    joint = optimized_attention(torch.cat([q, qr], dim=1), torch.cat([k, kr], dim=1), torch.cat([v, vr], dim=1),
+    queries = torch.cat([q, qr], dim=1) if update_reference else q
+    joint = optimized_attention(queries, torch.cat([k, kr], dim=1), torch.cat([v, vr], dim=1),
                                 heads=block.num_heads, transformer_options=transformer_options)
-    del q, k, v, qr, kr, vr
+    del q, k, v, qr, kr, vr, queries
     target_len = t.shape[1] + x.shape[1]
     att_t, att_x = block.attn_out(joint[:, :target_len]).split([t.shape[1], x.shape[1]], dim=1)
-    att_rt, att_r = expert_block.attn_out(joint[:, target_len:]).split([rt.shape[1], r.shape[1]], dim=1)
+    if update_reference:
+        att_rt, att_r = expert_block.attn_out(joint[:, target_len:]).split([rt.shape[1], r.shape[1]], dim=1)
+        r, rt = r + gate_r * att_r, rt + text_gate_r * att_rt
+        r, rt = _feed_forward(expert_block, r, rt, emb_ref)
     del joint
     x, t = x + gate * att_x, t + text_gate * att_t
-    r, rt = r + gate_r * att_r, rt + text_gate_r * att_rt
     x, t = _feed_forward(block, x, t, emb)
-    r, rt = _feed_forward(expert_block, r, rt, emb_ref)
     return x, t, r, rt
 
 
@@ -274,13 +289,17 @@ def vap_forward(cog, expert, x, timestep, context, ref_latent, ref_context, tran
             rope_ref = rope_table(cog.attention_head_dim, frames, *grid, num_refs=n, device=x.device)
 
     callback = transformer_options.get("vap_block_callback")
+    # nothing reads the reference after the last expert block (only the target is decoded), unless a callback
+    # inspects every block's streams
+    last_update = expert.expert_blocks[-1] if n and callback is None else None
     transformer_options["total_blocks"] = len(cog.blocks)
     transformer_options["block_type"] = "double"
     for i, block in enumerate(cog.blocks):
         transformer_options["block_index"] = i
         expert_block = expert.block(i) if n else None
         if expert_block is not None:
-            x, t, r, rt = joint_block(block, expert_block, x, t, r, rt, emb, emb_ref, rope, rope_ref, transformer_options)
+            x, t, r, rt = joint_block(block, expert_block, x, t, r, rt, emb, emb_ref, rope, rope_ref, transformer_options,
+                                      update_reference=i != last_update)
         else:
             x, t = block(hidden_states=x, encoder_hidden_states=t, temb=emb, image_rotary_emb=rope,
                          transformer_options=transformer_options)
