@@ -16,8 +16,10 @@ call (ComfyUI batches cond and uncond), official two batch-1 calls (exactly as i
 Timing runs in this process, interleaved: every repeat runs one step of each implementation, in an order
 rotated per repeat, after one untimed warm-up step each (the pack's reference cache is filled in the warm-up,
 as in the first step of a sampling run). Peak memory runs in a fresh subprocess per implementation and
-config: see ``memory_worker``. The optional expert active range (``apply_expert(start=0, end=0.5)``) is timed
-over whole ``comfy.sample.sample`` runs (euler, simple schedule, CFG) against the full range.
+config (``common.measure_peak``). The optional expert active range (``apply_expert(start=0, end=0.5)``) is timed
+over whole ``comfy.sample.sample`` runs (euler, simple schedule, CFG) against the full range, with every model
+call timed and its expert blocks counted (``sampling_active_range``); ``--sampling-only`` runs just that.
+Shared with ``bench_cog.py``: ``common.py``.
 
 Writes ``bench/results/wan_bench.md`` (the tables) and ``bench/results/wan_bench.json`` (everything).
 Not a test: nothing here asserts; numbers depend on the machine and on its load.
@@ -29,21 +31,17 @@ import gc
 import json
 import math
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-PACK_DIR = os.path.dirname(BENCH_DIR)
-TESTS_DIR = os.path.join(PACK_DIR, "tests")
-RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (bench/common.py: what bench_wan.py and bench_cog.py share)
+from common import LOADAVG, RESULTS_DIR, fmt_s, summarize, time_steps, profile_steps  # noqa: E402
+
 # pack-split: the pack with cond and uncond as two batch-1 calls, what ComfyUI's sampler does by itself when
 # the memory estimate says a batch-2 call does not fit (samplers.py _calc_cond_batch)
 IMPLS = ("base", "pack", "pack-split", "official")
-LOADAVG: list[float] = []  # 1-minute load average after every timed step
 
 TEXT_TOKENS = 512   # T5 context, zero-padded to 512 in both pipelines
 IMAGE_TOKENS = 257  # CLIP-H penultimate states
@@ -136,45 +134,22 @@ def step_flops(cfg, latent):
 # ------------------------------------------------------------------------------------------- host set-up
 def setup_host(attention: str, threads: int | None):
     """Import ComfyUI (CPU) with the chosen attention backend, then the pack. Returns (pack, backend name)."""
-    import torch
-    if threads:
-        torch.set_num_threads(threads)
-    sys.path.insert(0, TESTS_DIR)
-    import host  # tests/host.py: finds ComfyUI (COMFYUI_PATH or ~/ComfyUI), imports the pack as comfyui_vap
-    if host.COMFYUI_PATH is None:
-        raise SystemExit(host.HOW_FOUND)
-    if host.COMFYUI_PATH not in sys.path:
-        sys.path.insert(0, host.COMFYUI_PATH)
-    from comfy.cli_args import args
-    args.cpu = True
-    # what --use-pytorch-cross-attention does; must be set before comfy.model_management / attention import
-    args.use_pytorch_cross_attention = attention == "sdpa"
-    pack = host.import_host()
-    import comfy.ldm.modules.attention as attn
-    import comfy.ldm.wan.model as wan_model
-    backend = attn.optimized_attention.__name__
-    if wan_model.optimized_attention is not attn.optimized_attention or \
-            pack.vap_core.wan_mot.optimized_attention is not attn.optimized_attention:
-        raise SystemExit("attention backend mismatch between ComfyUI modules and the pack")
-    if attention == "sdpa" and backend != "attention_pytorch":
-        raise SystemExit(f"asked for SDPA but ComfyUI selected {backend}")
-    return pack, backend
+    def users(pack):
+        import comfy.ldm.wan.model as wan_model
+        return (wan_model, pack.vap_core.wan_mot)
+    return common.setup_host(attention, threads, users)
 
 
 def official_class(src: str | None):
     """WanTransformer3DMOTModel from a Video-As-Prompt checkout (or its diffusers/src), or (None, why)."""
-    if not src:
-        return None, "VAP_OFFICIAL_SRC / --official-src not set"
-    for cand in (os.path.join(src, "diffusers", "src"), os.path.join(src, "src"), src):
-        if os.path.isfile(os.path.join(cand, "diffusers", "models", "transformers", "transformer_wan_mot.py")):
-            if cand not in sys.path:
-                sys.path.insert(0, cand)
-            try:
-                from diffusers.models.transformers.transformer_wan_mot import WanTransformer3DMOTModel
-            except ImportError as e:
-                return None, f"importing the official model from {cand} failed: {e!r} (install diffusers' deps)"
-            return WanTransformer3DMOTModel, cand
-    return None, f"{src} holds no diffusers/src/diffusers/models/transformers/transformer_wan_mot.py"
+    cand, why = common.official_src_dir(src, os.path.join("models", "transformers", "transformer_wan_mot.py"))
+    if cand is None:
+        return None, why
+    try:
+        from diffusers.models.transformers.transformer_wan_mot import WanTransformer3DMOTModel
+    except ImportError as e:
+        return None, f"importing the official model from {cand} failed: {e!r} (install diffusers' deps)"
+    return WanTransformer3DMOTModel, cand
 
 
 # ---------------------------------------------------------------------------------------- model loading
@@ -292,28 +267,8 @@ def make_step(impl: str, pack, info, inputs, official_cls=None, loaded=None):
 
 
 # ------------------------------------------------------------------------------------------------ memory
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
-def _reset_peak():
-    with open("/proc/self/clear_refs", "w") as f:  # "5": reset VmHWM (peak RSS) to the current RSS
-        f.write("5")
-
-
 def memory_worker(opts):
-    """Runs in a fresh process (one implementation, one config). Peak RSS through /proc/self/status VmHWM,
-    reset with /proc/self/clear_refs right before each step; glibc is told (MALLOC_MMAP_THRESHOLD_, set by
-    the parent) to serve every allocation >= 64 KiB by mmap so freed tensors leave RSS at once and a peak
-    is not hidden by memory kept from an earlier step. Reports, in KiB:
-      loaded  RSS after loading the weights and inputs (weights + runtime)
-      first   peak RSS during the first step minus ``loaded`` (includes one-time work: the pack's reference cache)
-      steady  peak RSS during the second step minus ``loaded``"""
-    import torch
+    """Runs in a fresh process (one implementation, one config): ``common.measure_peak`` of two steps."""
     pack, backend = setup_host(opts.attention, opts.threads)
     info = json.loads(opts.worker_info)
     official_cls = None
@@ -321,77 +276,36 @@ def memory_worker(opts):
         official_cls, _ = official_class(opts.official_src)
     inputs = make_inputs(info["config"], tuple(info["latent"]))
     step, _ = make_step(opts.impl, pack, info, inputs, official_cls)
-    gc.collect()
-    _reset_peak()
-    loaded = _status_kib("VmRSS")
-    step(0)
-    first = _status_kib("VmHWM") - loaded
-    gc.collect()
-    _reset_peak()
-    step(1)
-    steady = _status_kib("VmHWM") - loaded
-    print("MEMORY_RESULT " + json.dumps({"loaded_kib": loaded, "first_kib": first, "steady_kib": steady,
-                                         "backend": backend, "threads": torch.get_num_threads()}))
+    common.print_memory_result({**common.measure_peak(step), "backend": backend})
 
 
 def run_memory(impl, name, info, latent, opts):
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
-    worker_info = json.dumps({"paths": info["paths"], "config": info["config"], "latent": list(latent)})
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "memory", "--impl", impl, "--attention",
-           opts.attention, "--worker-info", worker_info]
-    if opts.official_src:
-        cmd += ["--official-src", opts.official_src]
-    if opts.threads:
-        cmd += ["--threads", str(opts.threads)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("MEMORY_RESULT "):
-            return json.loads(line[len("MEMORY_RESULT "):])
-    return {"error": (proc.stderr or proc.stdout)[-2000:]}
+    worker_info = {"paths": info["paths"], "config": info["config"], "latent": list(latent)}
+    return common.run_memory(__file__, impl, worker_info, opts)
 
 
 # ------------------------------------------------------------------------------------------------ timing
-def summarize(values):
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),
-            "all": values}
-
-
-def time_steps(steps: dict, repeats: int, fast_repeats: int = 0):
-    """Round-robin: repeat r runs every implementation once, order rotated by r. One warm-up step each
-    (its time is reported as first_step; its outputs are returned for the agreement check). Wall time is
-    the measure; process CPU time (all threads) is kept too, being less sensitive to other processes' load."""
-    names = list(steps)
-    first, outputs = {}, {}
-    for n in names:
-        t0 = time.perf_counter()
-        outputs[n] = steps[n](0).float()
-        first[n] = time.perf_counter() - t0
-    if max(first.values()) < 5.0:  # cheap configs: more repeats against scheduler noise
-        repeats = max(repeats, fast_repeats)
-    times = {n: [] for n in names}
-    cpu = {n: [] for n in names}
-    for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for n in order:
-            c0, t0 = time.process_time(), time.perf_counter()
-            steps[n](r + 1)
-            times[n].append(time.perf_counter() - t0)
-            cpu[n].append(time.process_time() - c0)
-            LOADAVG.append(os.getloadavg()[0])
-    return {n: {**summarize(times[n]), "first_step": first[n], "cpu": summarize(cpu[n])} for n in names}, outputs
-
-
 def sampling_active_range(pack, base, expert, cfg, inputs, n_steps: int, repeats: int, cfg_scale: float = 5.0):
     """Whole comfy.sample.sample runs (euler, simple): expert over the full schedule vs start=0, end=0.5,
-    and the plain base (conds without the reference) for scale. Interleaved repeats, fresh cond uuids per run."""
+    and the plain base (conds without the reference) for scale. Interleaved repeats (order rotated), fresh
+    cond uuids per run.
+
+    Instrumented without changing what runs: every model call (one per step: cond and uncond batched, or
+    two when ComfyUI splits them) is timed through ComfyUI's ``model_function_wrapper`` hook, and the
+    expert blocks it ran are counted (calls of ``wan_mot.joint_block``). So the table shows where the
+    expert was on, and compares the steps themselves: a step outside the range must cost what a plain
+    base step costs in the same run, a step inside it what a full-range step costs."""
     import torch
     import comfy.clip_vision
     import comfy.conds
     import comfy.sample
     wa = pack.vap_core.wan_apply
     apply_expert = pack.vap_core.expert_loading.apply_expert
-    models = {"full": apply_expert(base, expert), "0-0.5": apply_expert(base, expert, start=0.0, end=0.5),
-              "plain base": base}
+    calls = {"full": [], "0-0.5": [], "plain base": []}
+    counter = common.CallCounter(pack.vap_core.wan_mot, "joint_block")
+    untimed = {"full": apply_expert(base, expert), "0-0.5": apply_expert(base, expert, start=0.0, end=0.5),
+               "plain base": base}
+    models = {n: common.timed_model_calls(m, calls[n], counter) for n, m in untimed.items()}
 
     def cond(text, ref_text, with_ref):
         d = {"clip_vision_output": comfy.clip_vision.Output()}
@@ -418,104 +332,117 @@ def sampling_active_range(pack, base, expert, cfg, inputs, n_steps: int, repeats
 
     names = list(models)
     times = {n: [] for n in names}
+    cpu = {n: [] for n in names}
     outs = {}
-    for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for n in order:
-            t0 = time.perf_counter()
-            outs[n] = run(n)
-            times[n].append(time.perf_counter() - t0)
+    with counter:
+        for r in range(repeats):
+            for n in common.rotated(names, r):
+                c0, t0 = time.process_time(), time.perf_counter()
+                outs[n] = run(n)
+                times[n].append(time.perf_counter() - t0)
+                cpu[n].append(time.process_time() - c0)
+                LOADAVG.append(os.getloadavg()[0])
     full, half, plain = outs["full"].float(), outs["0-0.5"].float(), outs["plain base"].float()
     # steps whose schedule fraction index / (steps - 1) lies in [0, 0.5]
     active = sum(1 for k in range(n_steps) if k / max(1, n_steps - 1) <= 0.5)
     return {"steps": n_steps, "cfg": cfg_scale, "sampler": "euler/simple", "expert_steps_0_0.5": active,
-            "times": {n: summarize(times[n]) for n in names},
+            "times": {n: summarize(times[n]) for n in names}, "cpu": {n: summarize(cpu[n]) for n in names},
+            "calls": {n: step_calls(calls[n], n_steps, repeats) for n in names},
             "half_vs_full": {"max_abs": (half - full).abs().max().item(), "mean_abs": (half - full).abs().mean().item()},
             "plain_vs_full": {"max_abs": (plain - full).abs().max().item(), "mean_abs": (plain - full).abs().mean().item()},
             "full_mean_abs": full.abs().mean().item()}
 
 
-def profile_steps(steps: dict, top: int = 25) -> dict:
-    """torch.profiler tables (one step each, after warm-up) sorted by self CPU time."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-    out = {}
-    for n, step in steps.items():
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            step(99)
-        out[n] = {"by_op": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top),
-                  "by_op_and_shape": prof.key_averages(group_by_input_shape=True).table(
-                      sort_by="self_cpu_time_total", row_limit=top)}
-    return out
+def step_calls(log: list, n_steps: int, runs: int) -> dict:
+    """Per-step view of ``timed_model_calls`` logs of several runs: expert blocks per step (of the last run),
+    model calls per step, and the wall / CPU time of each step position over the runs. A step's time is the
+    sum of its model calls (more than one when ComfyUI split cond and uncond)."""
+    calls_per_step = max(1, len(log) // (n_steps * runs))
+    steps = []  # steps[k] = list over runs of (wall, cpu, expert blocks)
+    for k in range(n_steps):
+        per_run = []
+        for r in range(runs):
+            chunk = log[(r * n_steps + k) * calls_per_step:(r * n_steps + k + 1) * calls_per_step]
+            per_run.append((sum(c["wall"] for c in chunk), sum(c["cpu"] for c in chunk),
+                            sum(c["counted"] for c in chunk)))
+        steps.append(per_run)
+    return {"runs": runs, "calls_per_step": calls_per_step, "batch": log[0]["batch"] if log else None,
+            "expert_blocks": [s[-1][2] for s in steps],
+            "wall": [[c[0] for c in s] for s in steps], "cpu": [[c[1] for c in s] for s in steps]}
+
+
+def step_time_summary(s: dict) -> dict:
+    """Median wall time of one step, without step 0 (it builds the pack's per-run reference cache):
+    full-range steps, 0-0.5 steps with the expert on / off, plain base steps."""
+    import statistics
+
+    def med(name, pick):
+        c = s["calls"][name]
+        vals = [t for k, per_run in enumerate(c["wall"]) if k > 0 and pick(k, c) for t in per_run]
+        return statistics.median(vals) if vals else float("nan")
+    on = lambda k, c: c["expert_blocks"][k] > 0  # noqa: E731
+    return {"full": med("full", lambda k, c: True), "0-0.5 on": med("0-0.5", on),
+            "0-0.5 off": med("0-0.5", lambda k, c: not on(k, c)), "plain": med("plain base", lambda k, c: True)}
 
 
 # ----------------------------------------------------------------------------------------------- report
-def fmt_s(s):
-    return f"{s:.3f}" if s < 10 else f"{s:.2f}"
-
-
-def mib(kib):
-    return kib / 1024.0
-
-
 def write_markdown(result: dict, path: str):
     env = result["environment"]
     lines = ["# Wan VAP: pack vs official vs ComfyUI base (CPU, float32)", "",
-             f"Generated by `{result['command']}` on {env['date']}.", "",
-             f"- torch {env['torch']}, {env['threads']} threads, CPU: {env['cpu']}, ComfyUI {env['comfyui']}",
-             f"- attention: ComfyUI (base, pack) `{env['comfy_attention']}`"
-             f" ({'SDPA, --use-pytorch-cross-attention' if env['comfy_attention'] == 'attention_pytorch' else 'ComfyUI CPU default'});"
-             " official: `torch.nn.functional.scaled_dot_product_attention` (hard-wired in its processors)",
-             f"- official: {env['official']}",
-             f"- load average (1 min) before / during timing (min-max) / after: {env['loadavg_before']:.2f} / "
-             f"{env['loadavg_timing'][0]:.2f}-{env['loadavg_timing'][1]:.2f} / {env['loadavg_after']:.2f}"
-             " (other processes shared the CPU; timings are interleaved so drift hits every implementation alike)",
-             f"- memory: {env['memory_method']}", ""]
-    lines += ["## Per denoising step (cond + uncond)", "",
-              "| config | impl | tokens tgt+ref | median s | min-max s | CPU s | pack/official | pack/base | impl/base |"
-              " GFLOP/step | FLOP ratio vs base | peak step RSS MiB | first step MiB | RSS loaded MiB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, c in result["configs"].items():
-        t = c["timing"]
-        for impl in IMPLS:
-            if impl not in t:
-                lines.append(f"| {name} | {impl} | | skipped: {c.get('official_note', '')} | | | | | | | | | | |")
-                continue
-            m = t[impl]
-            ratio_off = (f"{m['median'] / t['official']['median']:.2f}"
-                         if impl.startswith("pack") and "official" in t else "")
-            ratio_base = f"{m['median'] / t['base']['median']:.2f}" if impl.startswith("pack") else ""
-            impl_base = f"{m['median'] / t['base']['median']:.2f}"
-            mem = c["memory"].get(impl, {})
-            mem_cols = ("| | | " if "steady_kib" not in mem else
-                        f"| {mib(mem['steady_kib']):.0f} | {mib(mem['first_kib']):.0f} | {mib(mem['loaded_kib']):.0f} ")
-            tokens = c["tokens"] if impl == "base" else f"{c['tokens']}+{c['tokens']}"
-            lines.append(f"| {name} | {impl} | {tokens} | {fmt_s(m['median'])} | {fmt_s(m['min'])}-{fmt_s(m['max'])} "
-                         f"| {fmt_s(m['cpu']['median'])} "
-                         f"| {ratio_off} | {ratio_base} | {impl_base} | {c['flops'][impl] / 1e9:.1f} "
-                         f"| {c['flops'][impl] / c['flops']['base']:.2f} {mem_cols}|")
-    lines += ["", "## Numerical agreement at one step (same weights, same inputs)", "",
-              "| config | max abs pack - official | max abs pack - base | mean abs official output |", "|---|---|---|---|"]
-    for name, c in result["configs"].items():
-        a = c["agreement"]
-        lines.append(f"| {name} | {a.get('pack_vs_official', 'n/a')} | {a['pack_vs_base']:.3g} | {a.get('official_mean_abs', 'n/a')} |")
+             f"Generated by `{result['command']}` on {env['date']}.", ""] + common.environment_lines(env) + [""]
+    timed = {name: c for name, c in result["configs"].items() if "timing" in c}
+    if timed:
+        lines += ["## Per denoising step (cond + uncond)", "",
+                  "| config | impl | tokens tgt+ref | median s | min-max s | CPU s | pack/official | pack/base | impl/base |"
+                  " GFLOP/step | FLOP ratio vs base | peak step RSS MiB | first step MiB | RSS loaded MiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, c in timed.items():
+            t = c["timing"]
+            for impl in IMPLS:
+                if impl not in t:
+                    lines.append(f"| {name} | {impl} | | skipped: {c.get('official_note', '')} | | | | | | | | | | |")
+                    continue
+                m = t[impl]
+                ratio_off = (f"{m['median'] / t['official']['median']:.2f}"
+                             if impl.startswith("pack") and "official" in t else "")
+                ratio_base = f"{m['median'] / t['base']['median']:.2f}" if impl.startswith("pack") else ""
+                impl_base = f"{m['median'] / t['base']['median']:.2f}"
+                mem = c["memory"].get(impl, {})
+                mem_cols = common.memory_columns(mem)
+                tokens = c["tokens"] if impl == "base" else f"{c['tokens']}+{c['tokens']}"
+                lines.append(f"| {name} | {impl} | {tokens} | {fmt_s(m['median'])} | {fmt_s(m['min'])}-{fmt_s(m['max'])} "
+                             f"| {fmt_s(m['cpu']['median'])} "
+                             f"| {ratio_off} | {ratio_base} | {impl_base} | {c['flops'][impl] / 1e9:.1f} "
+                             f"| {c['flops'][impl] / c['flops']['base']:.2f} {mem_cols}|")
+        lines += ["", "## Numerical agreement at one step (same weights, same inputs)", "",
+                  "| config | max abs pack - official | max abs pack - base | mean abs official output |", "|---|---|---|---|"]
+        for name, c in timed.items():
+            a = c["agreement"]
+            lines.append(f"| {name} | {a.get('pack_vs_official', 'n/a')} | {a['pack_vs_base']:.3g} | {a.get('official_mean_abs', 'n/a')} |")
     lines += ["", "## Expert active range: `apply_expert(start=0.0, end=0.5)` vs full range (whole sampling run)", "",
-              "| config | steps (expert on) | full s | 0-0.5 s | plain base s | speed-up | expected from step times |"
-              " max abs 0-0.5 vs full | mean abs 0-0.5 vs full | mean abs plain vs full | mean abs full |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| config | steps (expert on) | expert blocks per step: full / 0-0.5 / plain | runs | full s | 0-0.5 s "
+              "| plain base s | speed-up wall (CPU) | expected from in-run step times | step s: full / 0-0.5 on / "
+              "0-0.5 off / plain | off / plain | max abs 0-0.5 vs full | mean abs 0-0.5 vs full "
+              "| mean abs plain vs full | mean abs full |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in result["configs"].items():
         s = c.get("sampling")
         if not s:
             continue
-        tt = s["times"]
-        t_pack, t_base = c["timing"]["pack"]["median"], c["timing"]["base"]["median"]
+        tt, cc = s["times"], s["cpu"]
         n, k = s["steps"], s["expert_steps_0_0.5"]
-        expected = n * t_pack / (k * t_pack + (n - k) * t_base)
+        st = step_time_summary(s)
+        expected = n * st["full"] / (k * st["full"] + (n - k) * st["plain"])
+        blocks = " / ".join(",".join(str(b) for b in s["calls"][m]["expert_blocks"]) for m in ("full", "0-0.5", "plain base"))
         lines.append(
-            f"| {name} | {n} ({k}) | {fmt_s(tt['full']['median'])} ({fmt_s(tt['full']['min'])}-{fmt_s(tt['full']['max'])}) "
+            f"| {name} | {n} ({k}) | {blocks} | {tt['full']['n']} "
+            f"| {fmt_s(tt['full']['median'])} ({fmt_s(tt['full']['min'])}-{fmt_s(tt['full']['max'])}) "
             f"| {fmt_s(tt['0-0.5']['median'])} ({fmt_s(tt['0-0.5']['min'])}-{fmt_s(tt['0-0.5']['max'])}) "
             f"| {fmt_s(tt['plain base']['median'])} | {tt['full']['median'] / tt['0-0.5']['median']:.2f}x "
-            f"| {expected:.2f}x | {s['half_vs_full']['max_abs']:.3g} | {s['half_vs_full']['mean_abs']:.3g} "
+            f"({cc['full']['median'] / cc['0-0.5']['median']:.2f}x) | {expected:.2f}x "
+            f"| {fmt_s(st['full'])} / {fmt_s(st['0-0.5 on'])} / {fmt_s(st['0-0.5 off'])} / {fmt_s(st['plain'])} "
+            f"| {st['0-0.5 off'] / st['plain']:.2f} "
+            f"| {s['half_vs_full']['max_abs']:.3g} | {s['half_vs_full']['mean_abs']:.3g} "
             f"| {s['plain_vs_full']['mean_abs']:.3g} | {s['full_mean_abs']:.3g} |")
     lines += ["", "Columns: see `bench/README.md`. Random weights: output differences show the mechanism, not the"
               " visual effect with the released weights.", ""]
@@ -535,7 +462,11 @@ def main():
                     help="repeats used instead when every warm-up step took < 5 s (tiny config)")
     ap.add_argument("--sample-steps", type=int, default=4, help="steps of the active-range sampling runs (0: skip)")
     ap.add_argument("--sample-repeats", type=int, default=None,
-                    help="interleaved repeats of each sampling run (default: 5 when a pack step takes < 5 s, else 1)")
+                    help="interleaved repeats of each sampling run, order rotated (default: 5 when a pack step "
+                         "takes < 5 s, else 2)")
+    ap.add_argument("--sampling-only", action="store_true",
+                    help="only the active-range sampling runs (no per-step table, no memory); writes "
+                         "wan_active_range.md / .json instead of wan_bench.*")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--official-src", default=os.environ.get("VAP_OFFICIAL_SRC"),
                     help="Video-As-Prompt checkout (default: $VAP_OFFICIAL_SRC)")
@@ -554,29 +485,12 @@ def main():
     if unknown:
         ap.error(f"unknown config(s) {unknown}; choose from {list(CONFIGS)}")
     load_before = os.getloadavg()[0]
-    import torch
     pack, backend = setup_host(opts.attention, opts.threads)
     official_cls, official_where = official_class(opts.official_src)
-    try:
-        import comfyui_version
-        comfy_version = comfyui_version.__version__
-    except ImportError:
-        comfy_version = "?"
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu, "comfyui": comfy_version,
-           "python": platform.python_version(), "comfy_attention": backend,
-           "official": (f"WanTransformer3DMOTModel from {official_where}" if official_cls else f"SKIPPED: {official_where}"),
-           "memory_method": ("peak RSS (VmHWM, reset via /proc/self/clear_refs) in a fresh subprocess per implementation "
-                             "and config, glibc MALLOC_MMAP_THRESHOLD_=65536; 'peak step' = peak during the 2nd step "
-                             "minus RSS after loading; 'first step' = same for the 1st step (pack: builds its "
-                             "reference cache); 'RSS loaded' = weights + runtime"),
-           "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    print(f"torch {env['torch']} | threads {env['threads']} | ComfyUI {comfy_version} attention: {backend} | "
+    env = common.environment(
+        backend, f"WanTransformer3DMOTModel from {official_where}" if official_cls else f"SKIPPED: {official_where}",
+        common.MEMORY_METHOD)
+    print(f"torch {env['torch']} | threads {env['threads']} | ComfyUI {env['comfyui']} attention: {backend} | "
           f"official: {env['official']} (SDPA)", flush=True)
     if official_cls is None:
         print(f"NOTE: the official implementation is skipped: {official_where}", flush=True)
@@ -596,7 +510,7 @@ def main():
                      "memory": {}}
             if official_cls is None:
                 entry["official_note"] = official_where
-            if not opts.no_memory:
+            if not opts.no_memory and not opts.sampling_only:
                 for impl in impls:
                     print(f"   memory: {impl} (fresh subprocess)", flush=True)
                     entry["memory"][impl] = run_memory(impl, name, info, latent, opts)
@@ -604,34 +518,37 @@ def main():
 
             inputs = make_inputs(cfg, latent)
             loaded = load_comfy(pack, info)  # base and pack share the base weights, as in a real workflow
-            steps = {impl: make_step(impl, pack, info, inputs, official_cls, loaded)[0] for impl in impls}
-            print(f"   timing: 1 warm-up + {opts.repeats} (fast configs: {opts.fast_repeats}) interleaved repeats "
-                  f"of {impls}", flush=True)
-            entry["timing"], outs = time_steps(steps, opts.repeats, opts.fast_repeats)
-            # agreement of the warm-up outputs: the three ran the same weights on the same inputs
-            entry["agreement"] = {"pack_vs_base": (outs["pack"] - outs["base"]).abs().max().item()}
-            if "official" in outs:
-                entry["agreement"]["pack_vs_official"] = f"{(outs['pack'] - outs['official']).abs().max().item():.3g}"
-                entry["agreement"]["official_mean_abs"] = f"{outs['official'].abs().mean().item():.3g}"
-            print(f"   agreement: {entry['agreement']}", flush=True)
-            del outs
-            for impl in impls:
-                m = entry["timing"][impl]
-                print(f"     {impl:9s} median {m['median']:.3f}s  min {m['min']:.3f}  max {m['max']:.3f}  "
-                      f"(first step {m['first_step']:.3f}s)  {entry['flops'][impl] / 1e9:.1f} GFLOP", flush=True)
-            t = entry["timing"]
-            print(f"     pack/base {t['pack']['median'] / t['base']['median']:.2f} "
-                  f"(FLOP ratio {entry['flops']['pack'] / entry['flops']['base']:.2f})"
-                  + (f"  pack/official {t['pack']['median'] / t['official']['median']:.2f}"
-                     f"  official/base {t['official']['median'] / t['base']['median']:.2f}"
-                     f" (FLOP ratio {entry['flops']['official'] / entry['flops']['base']:.2f})" if "official" in t else ""),
-                  flush=True)
-            if opts.profile:
-                entry["profile"] = profile_steps(steps)
-                for impl, tables in entry["profile"].items():
-                    print(f"\n--- profile {name} {impl}\n{tables['by_op']}", flush=True)
+            steps = {}
+            if not opts.sampling_only:
+                steps = {impl: make_step(impl, pack, info, inputs, official_cls, loaded)[0] for impl in impls}
+                print(f"   timing: 1 warm-up + {opts.repeats} (fast configs: {opts.fast_repeats}) interleaved repeats "
+                      f"of {impls}", flush=True)
+                entry["timing"], outs = time_steps(steps, opts.repeats, opts.fast_repeats)
+                # agreement of the warm-up outputs: the three ran the same weights on the same inputs
+                entry["agreement"] = {"pack_vs_base": (outs["pack"] - outs["base"]).abs().max().item()}
+                if "official" in outs:
+                    entry["agreement"]["pack_vs_official"] = f"{(outs['pack'] - outs['official']).abs().max().item():.3g}"
+                    entry["agreement"]["official_mean_abs"] = f"{outs['official'].abs().mean().item():.3g}"
+                print(f"   agreement: {entry['agreement']}", flush=True)
+                del outs
+                for impl in impls:
+                    m = entry["timing"][impl]
+                    print(f"     {impl:9s} median {m['median']:.3f}s  min {m['min']:.3f}  max {m['max']:.3f}  "
+                          f"(first step {m['first_step']:.3f}s)  {entry['flops'][impl] / 1e9:.1f} GFLOP", flush=True)
+                t = entry["timing"]
+                print(f"     pack/base {t['pack']['median'] / t['base']['median']:.2f} "
+                      f"(FLOP ratio {entry['flops']['pack'] / entry['flops']['base']:.2f})"
+                      + (f"  pack/official {t['pack']['median'] / t['official']['median']:.2f}"
+                         f"  official/base {t['official']['median'] / t['base']['median']:.2f}"
+                         f" (FLOP ratio {entry['flops']['official'] / entry['flops']['base']:.2f})" if "official" in t else ""),
+                      flush=True)
+                if opts.profile:
+                    entry["profile"] = profile_steps(steps)
+                    for impl, tables in entry["profile"].items():
+                        print(f"\n--- profile {name} {impl}\n{tables['by_op']}", flush=True)
             if opts.sample_steps > 0:
-                sample_repeats = opts.sample_repeats or (5 if entry["timing"]["pack"]["median"] < 5 else 1)
+                cheap = entry["timing"]["pack"]["median"] < 5 if "timing" in entry else name == "tiny"
+                sample_repeats = opts.sample_repeats or (5 if cheap else 2)
                 print(f"   sampling: {opts.sample_steps} euler steps, full vs 0-0.5 vs plain base, "
                       f"{sample_repeats} repeat(s)", flush=True)
                 base, expert, _ = loaded
@@ -641,18 +558,20 @@ def main():
                 print(f"     full {s['times']['full']['median']:.2f}s  0-0.5 {s['times']['0-0.5']['median']:.2f}s  "
                       f"plain {s['times']['plain base']['median']:.2f}s  diff 0-0.5 vs full max "
                       f"{s['half_vs_full']['max_abs']:.3g} mean {s['half_vs_full']['mean_abs']:.3g}", flush=True)
+                print(f"     expert blocks per step: " + "  ".join(
+                    f"{m} {s['calls'][m]['expert_blocks']}" for m in s["calls"]) + f"  step s (no step 0): "
+                      + "  ".join(f"{k} {v:.3f}" for k, v in step_time_summary(s).items()), flush=True)
             result["configs"][name] = entry
             del steps, loaded
             gc.collect()
-    env["loadavg_after"] = os.getloadavg()[0]
-    env["loadavg_before"] = load_before
-    env["loadavg_timing"] = [min(LOADAVG, default=0.0), max(LOADAVG, default=0.0)]
+    common.finish_environment(env, load_before)
     os.makedirs(opts.out, exist_ok=True)
-    with open(os.path.join(opts.out, "wan_bench.json"), "w") as f:
+    stem = "wan_active_range" if opts.sampling_only else "wan_bench"
+    with open(os.path.join(opts.out, stem + ".json"), "w") as f:
         json.dump(result, f, indent=1)
-    write_markdown(result, os.path.join(opts.out, "wan_bench.md"))
-    print(f"\nwrote {os.path.join(opts.out, 'wan_bench.md')} and wan_bench.json", flush=True)
-    with open(os.path.join(opts.out, "wan_bench.md")) as f:
+    write_markdown(result, os.path.join(opts.out, stem + ".md"))
+    print(f"\nwrote {os.path.join(opts.out, stem + '.md')} and {stem}.json", flush=True)
+    with open(os.path.join(opts.out, stem + ".md")) as f:
         print(f.read())
 
 
