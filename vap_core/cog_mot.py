@@ -145,22 +145,25 @@ def time_embedding(owner, timestep, dim, layout, dtype):
 # ---- blocks ---------------------------------------------------------------------------------------------
 
 def _rotated(x, text_len, rope, apply_rope):
-    """Rotate the video tokens of x [B, S, heads, D] (ComfyUI's rotation takes [B, heads, S, D]); text stays."""
+    """x [B, heads, S, D] with its video tokens (after ``text_len``) rotated; the text stays."""
     if rope is None:
         return x
-    return torch.cat([x[:, :text_len], apply_rope(x[:, text_len:].transpose(1, 2), rope).transpose(1, 2)], dim=1)
+    return torch.cat([x[:, :, :text_len], apply_rope(x[:, :, text_len:], rope)], dim=2)
 
 
 def _qkv(block, tokens, text_len, rope, apply_rope, queries=True):
-    """(q, k, v) [B, S, heads*D] of one stream; q is None with ``queries=False``."""
+    """(q, k, v) [B, heads, S, D] of one stream; q is None with ``queries=False``.
+
+    Heads-first, so the joint tensors built from them are contiguous in the layout attention kernels read
+    (CPU SDPA on [B, S, heads*D] views was measured ~15% slower, bench/README.md)."""
     b, s, _ = tokens.shape
     n, d = block.num_heads, block.head_dim
-    k = _rotated(block.norm_k(block.k(tokens).view(b, s, n, d)), text_len, rope, apply_rope)
-    v = block.v(tokens)
+    k = _rotated(block.norm_k(block.k(tokens).view(b, s, n, d)).transpose(1, 2), text_len, rope, apply_rope)
+    v = block.v(tokens).view(b, s, n, d).transpose(1, 2)
     q = None
     if queries:
-        q = _rotated(block.norm_q(block.q(tokens).view(b, s, n, d)), text_len, rope, apply_rope).reshape(b, s, n * d)
-    return q, k.reshape(b, s, n * d), v
+        q = _rotated(block.norm_q(block.q(tokens).view(b, s, n, d)).transpose(1, 2), text_len, rope, apply_rope)
+    return q, k, v
 
 
 def _feed_forward(block, x, t, emb):
@@ -185,9 +188,9 @@ def joint_block(block, expert_block, x, t, r, rt, emb, emb_ref, rope, rope_ref, 
     qr, kr, vr = _qkv(expert_block, torch.cat([nrt, nr], dim=1), rt.shape[1], rope_ref, apply_rope,
                       queries=update_reference)
     del nx, nt, nr, nrt
-    queries = torch.cat([q, qr], dim=1) if update_reference else q
-    joint = optimized_attention(queries, torch.cat([k, kr], dim=1), torch.cat([v, vr], dim=1),
-                                heads=block.num_heads, transformer_options=transformer_options)
+    queries = torch.cat([q, qr], dim=2) if update_reference else q.contiguous()
+    joint = optimized_attention(queries, torch.cat([k, kr], dim=2), torch.cat([v, vr], dim=2),
+                                heads=block.num_heads, skip_reshape=True, transformer_options=transformer_options)
     del q, k, v, qr, kr, vr, queries
     target_len = t.shape[1] + x.shape[1]
     att_t, att_x = block.attn_out(joint[:, :target_len]).split([t.shape[1], x.shape[1]], dim=1)
