@@ -150,3 +150,30 @@ def test_reference_shared_by_cond_and_uncond_is_embedded_once(pack, tiny):
     assert next(iter(wrapper.cache.values()))["tokens"].shape[0] == 1
     cond, uncond = _call(patched, i, {}, slice(0, 1)), _call(patched, i, {}, slice(1, 2))
     assert torch.allclose(both, torch.cat([cond, uncond]), atol=1e-5)
+
+
+def test_cond_and_uncond_called_separately_share_the_reference_video_work(pack, tiny, monkeypatch):
+    """ComfyUI's low-memory mode calls cond and uncond one by one: the second call reuses the first's reference
+    video part (tokens, modulation, first-block q/k/v) instead of computing and holding it twice; same output."""
+    base, expert, cfg = tiny
+    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    wa, mot = pack.vap_core.wan_apply, pack.vap_core.wan_mot
+    i = _inputs(pack, cfg, batch=2)
+    for key in (wa.REF_LATENT, wa.REF_CLIP):
+        i["ref"][key] = i["ref"][key][:1].expand_as(i["ref"][key]).clone()
+    calls = []
+    real = mot.reference_video
+    monkeypatch.setattr(mot, "reference_video", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cond = _call(patched, i, {"uuids": ["c"]}, slice(0, 1))
+    uncond = _call(patched, i, {"uuids": ["u"]}, slice(1, 2))
+    assert len(calls) == 1
+    wrapper = patched.get_wrappers("diffusion_model", wa.WRAPPER_KEY)[0]
+    entries = list(wrapper.cache.values())
+    assert len(entries) == 2 and entries[0]["tokens"] is entries[1]["tokens"]
+    assert entries[0]["context"] is not entries[1]["context"]  # the captions differ
+    torch.testing.assert_close(torch.cat([cond, uncond]), _call(patched, i, {}), rtol=0, atol=1e-5)
+    # another reference video is not mistaken for the cached one
+    calls.clear()
+    i["ref"][wa.REF_LATENT] = i["ref"][wa.REF_LATENT] + 1
+    _call(patched, i, {"uuids": ["c2"]}, slice(0, 1))
+    assert len(calls) == 1

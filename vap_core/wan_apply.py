@@ -47,14 +47,26 @@ class WanVAPWrapper(ExpertWrapper):
             if key in self.cache:
                 return self.cache[key]
         clip = kwargs.get(REF_CLIP)
-        ref = wan_mot.reference_stream(wan, expert, kwargs[REF_LATENT].to(x.dtype), kwargs[REF_CONTEXT].to(x.dtype),
-                                       None if clip is None else clip.to(x.dtype), x.dtype, transformer_options)
+        latent = kwargs[REF_LATENT].to(x.dtype)
+        ref = wan_mot.reference_stream(wan, expert, latent, kwargs[REF_CONTEXT].to(x.dtype),
+                                       None if clip is None else clip.to(x.dtype), x.dtype, transformer_options,
+                                       video=None if key is None else self.cached_video(key, latent))
         if key is not None:
             # one entry per cond batch: ComfyUI calls cond and uncond separately when memory is short
             if len(self.cache) >= self.CACHE_ENTRIES:
                 self.cache.pop(next(iter(self.cache)))
             self.cache[key] = ref
         return ref
+
+    def cached_video(self, key, latent):
+        """The video part of a cached entry for the same reference video (cond and uncond called separately
+        carry the same video with different captions): shared, not recomputed or stored twice."""
+        latent = wan_mot.shared_rows(latent)
+        for other, ref in self.cache.items():
+            if other[1:2] + other[3:] == key[1:2] + key[3:] and ref["latent"].shape == latent.shape \
+                    and torch.equal(ref["latent"], latent):
+                return {k: ref[k] for k in ("latent", "tokens", "freqs", "e", "qkv")}
+        return None
 
     def __call__(self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
         if kwargs.get(REF_LATENT) is None or not self.active(transformer_options):

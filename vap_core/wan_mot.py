@@ -104,29 +104,42 @@ def _time_projection(module_owner, t, dtype):
     return e, module_owner.time_projection(e).unflatten(2, (6, module_owner.dim))
 
 
-def reference_stream(wan, expert, ref_latent, ref_context, ref_clip_fea, dtype, transformer_options,
-                     ref_timestep=REFERENCE_TIMESTEP):
-    """Everything about the reference that does not depend on the target or the step:
-    tokens, RoPE table (temporal positions -F..-1), modulation and cross-attention context."""
+def shared_rows(ref_latent):
+    """``ref_latent`` with batch 1 when every row is the same video (cond and uncond carry the same reference:
+    it is embedded once and broadcast until the streams differ)."""
     if ref_latent.shape[0] > 1 and all(torch.equal(ref_latent[0], row) for row in ref_latent[1:]):
-        # cond and uncond carry the same reference video: embed it once, broadcast until the streams differ
-        ref_latent = ref_latent[:1]
+        return ref_latent[:1]
+    return ref_latent
+
+
+def reference_video(wan, expert, ref_latent, dtype, transformer_options, ref_timestep=REFERENCE_TIMESTEP):
+    """What depends on the reference video only (not on its caption, the target or the step): tokens, RoPE
+    table (temporal positions -F..-1), modulation, and the first expert block's q/k/v."""
+    ref_latent = shared_rows(ref_latent)
     ref = comfy.ldm.common_dit.pad_to_patch_size(ref_latent, wan.patch_size)
     f, h, w = ref.shape[2:]
     freqs_ref = wan.rope_encode(f, h, w, t_start=-f, device=ref.device, dtype=dtype, transformer_options=transformer_options)
     r = expert.patch_embedding(ref.float()).to(dtype).flatten(2).transpose(1, 2)
     t_ref = torch.full((1,), float(ref_timestep), device=ref.device, dtype=torch.float32)
     _, e_ref = _time_projection(expert, t_ref, dtype)
+    # the first expert block sees the reference tokens as embedded: its reference q/k/v hold for every step
+    first = expert.expert_blocks[0]
+    first_qkv = reference_qkv(expert.block(first), r, e_ref, freqs_ref, with_query=len(expert.expert_blocks) > 1)
+    return {"latent": ref_latent, "tokens": r, "freqs": freqs_ref, "e": e_ref, "qkv": {first: first_qkv}}
+
+
+def reference_stream(wan, expert, ref_latent, ref_context, ref_clip_fea, dtype, transformer_options,
+                     ref_timestep=REFERENCE_TIMESTEP, video=None):
+    """Everything about the reference that does not depend on the target or the step: ``reference_video``
+    (given as ``video`` when already computed for the same video) plus the cross-attention context."""
+    if video is None:
+        video = reference_video(wan, expert, ref_latent, dtype, transformer_options, ref_timestep)
     ctx = expert.text_embedding(ref_context)
     ctx_img_len = None
     if ref_clip_fea is not None:
         ctx = torch.cat([expert.img_emb(ref_clip_fea), ctx], dim=1)
         ctx_img_len = ref_clip_fea.shape[-2]
-    # the first expert block sees the reference tokens as embedded: its reference q/k/v hold for every step
-    first = expert.expert_blocks[0]
-    first_qkv = reference_qkv(expert.block(first), r, e_ref, freqs_ref, with_query=len(expert.expert_blocks) > 1)
-    return {"tokens": r, "freqs": freqs_ref, "e": e_ref, "context": ctx, "context_img_len": ctx_img_len,
-            "qkv": {first: first_qkv}}
+    return {**video, "context": ctx, "context_img_len": ctx_img_len}
 
 
 def vap_forward(wan, expert, x, timestep, context, clip_fea, transformer_options, ref):
