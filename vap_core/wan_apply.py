@@ -65,7 +65,7 @@ class WanVAPWrapper(ExpertWrapper):
         for other, ref in self.cache.items():
             if other[1:2] + other[3:] == key[1:2] + key[3:] and ref["latent"].shape == latent.shape \
                     and torch.equal(ref["latent"], latent):
-                return {k: ref[k] for k in ("latent", "tokens", "freqs", "e", "qkv")}
+                return {k: ref[k] for k in ("latent", "tokens", "freqs", "e")}
         return None
 
     def __call__(self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):

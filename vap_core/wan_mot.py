@@ -47,22 +47,19 @@ def reference_qkv(expert_block, r, e_ref, freqs_ref, with_query=True):
 
 
 def joint_block(block, expert_block, x, r, e, e_ref, freqs, freqs_ref, context, context_img_len,
-                ref_context, ref_context_img_len, transformer_options, ref_qkv=None, update_reference=True):
+                ref_context, ref_context_img_len, transformer_options, update_reference=True):
     """One MoT block: base ``block`` on target ``x``, ``expert_block`` on reference ``r``.
 
     The joint self-attention runs as two calls over the same joint keys/values (target queries, then
     reference queries): the same softmax rows as one call, without a joint query or output buffer.
-    ``ref_qkv``: the reference's (q, k, v) when already known (the first expert block's never change
-    within a sampling run). ``r`` / ``ref_qkv`` may have batch 1 for a reference shared by cond and
-    uncond. ``update_reference=False`` (the last expert block, whose reference output nothing reads)
+    ``r`` may have batch 1 for a reference shared by cond and uncond. ``update_reference=False`` (the last expert block, whose reference output nothing reads)
     skips the reference queries and everything after the attention for the reference."""
     mx = _modulation(block, e)
     attn = block.self_attn
     b, s = x.shape[:2]
     x = x.contiguous()
     xn = torch.addcmul(mx[0], block.norm1(x), 1 + mx[1])
-    qr, kr, vr = ref_qkv if ref_qkv is not None else reference_qkv(expert_block, r.contiguous(), e_ref, freqs_ref,
-                                                                     with_query=update_reference)
+    qr, kr, vr = reference_qkv(expert_block, r.contiguous(), e_ref, freqs_ref, with_query=update_reference)
     # joint keys/values filled stream by stream (one projection alive at a time, no torch.cat copies), heads
     # first: attention kernels read them contiguously (CPU SDPA on [B, S, heads*D] views was measured ~15%
     # slower, bench/README.md)
@@ -114,7 +111,9 @@ def shared_rows(ref_latent):
 
 def reference_video(wan, expert, ref_latent, dtype, transformer_options, ref_timestep=REFERENCE_TIMESTEP):
     """What depends on the reference video only (not on its caption, the target or the step): tokens, RoPE
-    table (temporal positions -F..-1), modulation, and the first expert block's q/k/v."""
+    table (temporal positions -F..-1), modulation. (The first expert block's reference q/k/v are constant too,
+    but holding them costs three token-sized tensors for the whole run to save ~0.3% of a step's FLOPs at
+    release size; they are recomputed.)"""
     ref_latent = shared_rows(ref_latent)
     ref = comfy.ldm.common_dit.pad_to_patch_size(ref_latent, wan.patch_size)
     f, h, w = ref.shape[2:]
@@ -122,10 +121,7 @@ def reference_video(wan, expert, ref_latent, dtype, transformer_options, ref_tim
     r = expert.patch_embedding(ref.float()).to(dtype).flatten(2).transpose(1, 2)
     t_ref = torch.full((1,), float(ref_timestep), device=ref.device, dtype=torch.float32)
     _, e_ref = _time_projection(expert, t_ref, dtype)
-    # the first expert block sees the reference tokens as embedded: its reference q/k/v hold for every step
-    first = expert.expert_blocks[0]
-    first_qkv = reference_qkv(expert.block(first), r, e_ref, freqs_ref, with_query=len(expert.expert_blocks) > 1)
-    return {"latent": ref_latent, "tokens": r, "freqs": freqs_ref, "e": e_ref, "qkv": {first: first_qkv}}
+    return {"latent": ref_latent, "tokens": r, "freqs": freqs_ref, "e": e_ref}
 
 
 def reference_stream(wan, expert, ref_latent, ref_context, ref_clip_fea, dtype, transformer_options,
@@ -173,13 +169,9 @@ def vap_forward(wan, expert, x, timestep, context, clip_fea, transformer_options
         transformer_options["block_index"] = i
         expert_block = expert.block(i)
         if expert_block is not None:
-            update = i != last_update
-            qkv = ref["qkv"].get(i)
-            if qkv is not None and update and qkv[0] is None:
-                qkv = None  # cached without queries; this block needs them
             x, r = joint_block(block, expert_block, x, r, e0, ref["e"], freqs, ref["freqs"], context, context_img_len,
-                               ref["context"], ref["context_img_len"], transformer_options, ref_qkv=qkv,
-                               update_reference=update)
+                               ref["context"], ref["context_img_len"], transformer_options,
+                               update_reference=i != last_update)
         elif ("double_block", i) in blocks_replace:
             def block_wrap(args, block=block):
                 return {"img": block(args["img"], context=args["txt"], e=args["vec"], freqs=args["pe"],
