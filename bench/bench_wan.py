@@ -80,10 +80,9 @@ def flops_per_sample(cfg: dict, latent: tuple, vap: bool, pack: bool = False) ->
       base = embeddings(L) + N_layers block(L, L) + head
       VAP  = base + sum over expert blocks [block(L, L+R) - block(L, L) + block(R, L+R)]
                   + embeddings(R)   (official: every call)
-      pack = the same, except what it computes once per sampling run or never: embeddings(R) and the first
-             expert block's reference q k v (3 mm(R, C, C)) are cached per run; in the last expert block
-             only the reference k v are computed (2 mm(R, C, C)): its reference queries, o, cross-attention
-             and FFN feed nothing (only the target is decoded)
+      pack = the same, except what it computes once per sampling run or never: embeddings(R) are cached per
+             run; in the last expert block only the reference k v are computed (2 mm(R, C, C)): its reference
+             queries, o, cross-attention and FFN feed nothing (only the target is decoded)
     """
     c = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     f = cfg["ffn_dim"]
@@ -111,13 +110,13 @@ def flops_per_sample(cfg: dict, latent: tuple, vap: bool, pack: bool = False) ->
         experts = cfg["block_idx_with_mot_ref"]
         for j in range(len(experts)):
             total += block(L, L + R) - block(L, L)  # target queries also see the reference keys
-            first, last = j == 0, j == len(experts) - 1
+            last = j == len(experts) - 1
             if not pack:
                 total += block(R, L + R)
             elif last:
-                total += 0 if first else 2 * mm(R, c, c)  # reference k, v only (cached when also first)
+                total += 2 * mm(R, c, c)  # reference k, v only
             else:
-                total += block(R, L + R) - (3 * mm(R, c, c) if first else 0)
+                total += block(R, L + R)
         if not pack:
             total += embeddings(R)
     return total
