@@ -418,7 +418,10 @@ def write_markdown(result: dict, path: str):
         for name, c in timed.items():
             a = c["agreement"]
             lines.append(f"| {name} | {a.get('pack_vs_official', 'n/a')} | {a['pack_vs_base']:.3g} | {a.get('official_mean_abs', 'n/a')} |")
-    lines += ["", "## Expert active range: `apply_expert(start=0.0, end=0.5)` vs full range (whole sampling run)", "",
+    if not any(c.get("sampling") for c in result["configs"].values()):
+        lines += ["", "Expert active range: not run here (`--sample-steps 0`); see `wan_active_range.md`."]
+    else:
+        lines += ["", "## Expert active range: `apply_expert(start=0.0, end=0.5)` vs full range (whole sampling run)", "",
               "| config | steps (expert on) | expert blocks per step: full / 0-0.5 / plain | runs | full s | 0-0.5 s "
               "| plain base s | speed-up wall (CPU) | expected from in-run step times | step s: full / 0-0.5 on / "
               "0-0.5 off / plain | off / plain | max abs 0-0.5 vs full | mean abs 0-0.5 vs full "
