@@ -323,30 +323,12 @@ def write_markdown(result: dict, path: str):
 # ------------------------------------------------------------------------------------------------- main
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--attention", choices=("sdpa", "comfy-default"), default="sdpa",
-                    help="ComfyUI's attention: sdpa = --use-pytorch-cross-attention; comfy-default = what ComfyUI "
-                         "picks on CPU (sub-quadratic). The official code always uses SDPA.")
-    ap.add_argument("--configs", default="tiny,mid", help="comma list of: " + ",".join(CONFIGS))
-    ap.add_argument("--repeats", type=int, default=3, help="timed steps per implementation (after 1 warm-up)")
-    ap.add_argument("--fast-repeats", type=int, default=20,
-                    help="repeats used instead when every warm-up step took < 5 s (tiny config)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--official-src", default=os.environ.get("VAP_OFFICIAL_SRC"),
-                    help="Video-As-Prompt checkout (default: $VAP_OFFICIAL_SRC)")
-    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    ap.add_argument("--profile", action="store_true", help="torch.profiler tables of one step per implementation")
-    ap.add_argument("--out", default=RESULTS_DIR, help="where cog_bench.md / cog_bench.json go")
-    ap.add_argument("--worker", choices=("memory",), help=argparse.SUPPRESS)
-    ap.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
-    ap.add_argument("--worker-info", help=argparse.SUPPRESS)
+    common.add_arguments(ap, CONFIGS, IMPLS, RESULTS_DIR, "cog_bench")
     opts = ap.parse_args()
     if opts.worker == "memory":
         return memory_worker(opts)
 
-    configs = [c.strip() for c in opts.configs.split(",") if c.strip()]
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown:
-        ap.error(f"unknown config(s) {unknown}; choose from {list(CONFIGS)}")
+    configs = common.selected_configs(ap, opts, CONFIGS)
     load_before = os.getloadavg()[0]
     pack, backend = setup_host(opts.attention, opts.threads)
     official_cls, official_where = official_class(opts.official_src)

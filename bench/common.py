@@ -5,6 +5,7 @@ Not a test and not part of the pack: nothing here asserts.
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -265,3 +266,33 @@ def finish_environment(env: dict, load_before: float):
     env["loadavg_after"] = os.getloadavg()[0]
     env["loadavg_before"] = load_before
     env["loadavg_timing"] = [min(LOADAVG, default=0.0), max(LOADAVG, default=0.0)]
+
+
+def add_arguments(ap, configs, impls, results_dir: str, results_name: str, extra=None):
+    """The options both benchmarks take; ``extra(ap)`` adds a script's own after ``--fast-repeats``."""
+    ap.add_argument("--attention", choices=("sdpa", "comfy-default"), default="sdpa",
+                    help="ComfyUI's attention: sdpa = --use-pytorch-cross-attention; comfy-default = what ComfyUI "
+                         "picks on CPU (sub-quadratic). The official code always uses SDPA.")
+    ap.add_argument("--configs", default="tiny,mid", help="comma list of: " + ",".join(configs))
+    ap.add_argument("--repeats", type=int, default=3, help="timed steps per implementation (after 1 warm-up)")
+    ap.add_argument("--fast-repeats", type=int, default=20,
+                    help="repeats used instead when every warm-up step took < 5 s (tiny config)")
+    if extra is not None:
+        extra(ap)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--official-src", default=os.environ.get("VAP_OFFICIAL_SRC"),
+                    help="Video-As-Prompt checkout (default: $VAP_OFFICIAL_SRC)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler tables of one step per implementation")
+    ap.add_argument("--out", default=results_dir, help=f"where {results_name}.md / {results_name}.json go")
+    ap.add_argument("--worker", choices=("memory",), help=argparse.SUPPRESS)
+    ap.add_argument("--impl", choices=impls, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-info", help=argparse.SUPPRESS)
+
+
+def selected_configs(ap, opts, configs) -> list[str]:
+    chosen = [c.strip() for c in opts.configs.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in configs]
+    if unknown:
+        ap.error(f"unknown config(s) {unknown}; choose from {list(configs)}")
+    return chosen
