@@ -160,18 +160,7 @@ def prepare_checkpoint(pack, name: str, root: str) -> dict:
     """Official-layout random checkpoint on disk + the pack's conversion of it. Returns paths and config."""
     from wan_fixtures import write_official_folder
     sd, cfg = pack.vap_core.tiny_wan.official_wan_mot_state_dict(model_config(name, pack), seed=0)
-    official_dir = os.path.join(root, name, "official")
-    write_official_folder(official_dir, sd, cfg)
-    n_params = sum(v.numel() for v in sd.values())
-    n_expert = sum(v.numel() for k, v in sd.items() if "_mot_ref" in k)
-    del sd
-    gc.collect()
-    paths = {"official": official_dir,
-             "official_file": os.path.join(official_dir, "transformer", "diffusion_pytorch_model.safetensors"),
-             "base": os.path.join(root, name, "base.safetensors"),
-             "expert": os.path.join(root, name, "expert.safetensors")}
-    pack.vap_core.convert.convert(official_dir, expert_out=paths["expert"], base_out=paths["base"], quiet=True)
-    return {"paths": paths, "config": cfg, "params": n_params, "expert_params": n_expert}
+    return common.convert_checkpoint(pack, sd, cfg, write_official_folder, root, name)
 
 
 def make_inputs(cfg: dict, latent: tuple, seed: int = 1):

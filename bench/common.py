@@ -296,3 +296,20 @@ def selected_configs(ap, opts, configs) -> list[str]:
     if unknown:
         ap.error(f"unknown config(s) {unknown}; choose from {list(configs)}")
     return chosen
+
+
+def convert_checkpoint(pack, sd: dict, cfg: dict, write_official_folder, root: str, name: str, prefix: str = "") -> dict:
+    """Write an official-layout state dict as the release's folder and convert it with the pack's converter.
+    Returns paths, config and parameter counts (``sd`` is consumed: the caller should drop its reference)."""
+    official_dir = os.path.join(root, name, "official")
+    write_official_folder(official_dir, sd, cfg)
+    n_params = sum(v.numel() for v in sd.values())
+    n_expert = sum(v.numel() for k, v in sd.items() if "_mot_ref" in k)
+    sd.clear()
+    gc.collect()
+    paths = {"official": official_dir,
+             "official_file": os.path.join(official_dir, "transformer", "diffusion_pytorch_model.safetensors"),
+             "base": os.path.join(root, name, f"{prefix}base.safetensors"),
+             "expert": os.path.join(root, name, f"{prefix}expert.safetensors")}
+    pack.vap_core.convert.convert(official_dir, expert_out=paths["expert"], base_out=paths["base"], quiet=True)
+    return {"paths": paths, "config": cfg, "params": n_params, "expert_params": n_expert}
