@@ -61,13 +61,12 @@ def check_no_reference(conditioning, name: str) -> None:
 
 def caption_states(conditioning, name: str) -> torch.Tensor:
     """The [1, 226, D] T5 states of a conditioning holding exactly one caption."""
-    if conditioning is None or len(conditioning) == 0:
-        raise VAPInputError(f"{name} is empty: connect a 'CLIP Text Encode' of the reference caption.")
-    if len(conditioning) != 1:
-        raise VAPInputError(
-            f"{name} holds {len(conditioning)} conditionings but each reference takes exactly one caption: encode "
-            "one caption with one 'CLIP Text Encode' (no Conditioning Combine).")
-    states = conditioning[0][0]
+    states = wan_conditioning.single_text_states(conditioning, name, "each reference takes exactly one caption")
+    return fit_caption(states, name)
+
+
+def fit_caption(states: torch.Tensor, name: str) -> torch.Tensor:
+    """T5 states [1, L, D] as the model takes them: exactly 226 tokens (longer ones cut, with a warning)."""
     if states.ndim == 2:
         states = states.unsqueeze(0)
     length = states.shape[1]
@@ -182,7 +181,7 @@ def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
 def attach(conditioning, image_latent, ref_latent, n, context_for):
     """Copy of ``conditioning`` with the target image condition and the reference on every entry."""
     out = node_helpers.conditioning_set_values(conditioning, {"concat_latent_image": image_latent})
-    for i, (states, d) in enumerate(out):
+    for states, d in out:
         d["model_conds"] = {
             **d.get("model_conds", {}),
             REF_LATENT: comfy.conds.CONDRegular(ref_latent),
@@ -198,7 +197,7 @@ def negative_reference_context(ref_negative, n: int):
     if ref_negative is not None:
         fixed = caption_states(ref_negative, "ref_negative").repeat(1, n, 1)
         return lambda states: fixed
-    return lambda states: caption_states([[states, {}]], "the negative prompt").repeat(1, n, 1)
+    return lambda states: fit_caption(states, "the negative prompt").repeat(1, n, 1)
 
 
 def condition(positive, negative, vae, width, height, length, batch_size, start_image, refs,

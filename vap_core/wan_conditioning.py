@@ -109,14 +109,15 @@ def check_no_reference(conditioning, name: str, keys=REF_KEYS,
                 "chaining two VAP conditioning nodes.")
 
 
-def single_text_states(conditioning, name: str) -> torch.Tensor:
+def single_text_states(conditioning, name: str,
+                       why: str = "Wan VAP takes exactly one reference with one caption") -> torch.Tensor:
     """The T5 states of a conditioning that holds exactly one caption."""
     if conditioning is None or len(conditioning) == 0:
         raise VAPInputError(f"{name} is empty: connect a 'CLIP Text Encode' of the reference caption.")
     if len(conditioning) != 1:
         raise VAPInputError(
-            f"{name} holds {len(conditioning)} conditionings but Wan VAP takes exactly one reference with one "
-            "caption: encode a single caption with one 'CLIP Text Encode' (no Conditioning Combine).")
+            f"{name} holds {len(conditioning)} conditionings but {why}: encode a single caption with one "
+            "'CLIP Text Encode' (no Conditioning Combine).")
     return conditioning[0][0]
 
 
