@@ -118,25 +118,30 @@ def write_tiny_umt5(path: str, seed: int = 0) -> str:
     return path
 
 
-def load_tiny_umt5(path: str, device: str = "default"):
-    """A ``comfy.sd.CLIP`` exactly as ``CLIPLoader(type='wan')`` builds it, at the tiny config."""
-    import comfy.model_management
+def _load_t5_family(path: str, key: str, what: str, target, config_option: str, device: str):
+    """A ``comfy.sd.CLIP`` of ``target`` from a stand-in file, its tiny config (metadata ``key``) passed through
+    core's own ``config_option`` model option; a ``spiece_model`` tensor becomes tokenizer data."""
     import comfy.sd
-    import comfy.supported_models_base
-    import comfy.text_encoders.wan
     import comfy.utils
     sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
-    config = json.loads((metadata or {}).get(UMT5_KEY, "null"))
+    config = json.loads((metadata or {}).get(key, "null"))
     if config is None:
-        raise ValueError(f"{path} is not a tiny UMT5 stand-in (no {UMT5_KEY} metadata)")
-    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.wan.WanT5Tokenizer, comfy.text_encoders.wan.te())
-    model_options = {"umt5xxl_model_config": config}
+        raise ValueError(f"{path} is not a tiny {what} stand-in (no {key} metadata)")
+    model_options = {config_option: config}
     if device == "cpu":
         model_options["load_device"] = model_options["offload_device"] = torch.device("cpu")
-    spiece = sd.pop("spiece_model")
+    tokenizer_data = {"spiece_model": sd.pop("spiece_model")} if "spiece_model" in sd else {}
     params = sum(v.numel() for v in sd.values())
-    return comfy.sd.CLIP(target, tokenizer_data={"spiece_model": spiece}, parameters=params, state_dict=[sd],
+    return comfy.sd.CLIP(target, tokenizer_data=tokenizer_data, parameters=params, state_dict=[sd],
                          model_options=model_options)
+
+
+def load_tiny_umt5(path: str, device: str = "default"):
+    """A ``comfy.sd.CLIP`` exactly as ``CLIPLoader(type='wan')`` builds it, at the tiny config."""
+    import comfy.supported_models_base
+    import comfy.text_encoders.wan
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.wan.WanT5Tokenizer, comfy.text_encoders.wan.te())
+    return _load_t5_family(path, UMT5_KEY, "UMT5", target, "umt5xxl_model_config", device)
 
 
 def tiny_clip_vision_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -185,18 +190,8 @@ def write_tiny_t5(path: str, seed: int = 0) -> str:
 
 def load_tiny_t5(path: str, device: str = "default"):
     """A ``comfy.sd.CLIP`` exactly as ``CLIPLoader(type='cogvideox')`` builds it, at the tiny config."""
-    import comfy.sd
     import comfy.supported_models_base
     import comfy.text_encoders.cogvideo
-    import comfy.utils
-    sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
-    config = json.loads((metadata or {}).get(T5_KEY, "null"))
-    if config is None:
-        raise ValueError(f"{path} is not a tiny T5 stand-in (no {T5_KEY} metadata)")
     target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.cogvideo.CogVideoXTokenizer,
                                                     comfy.text_encoders.cogvideo.CogVideoXT5XXL)
-    model_options = {"t5xxl_model_config": config}
-    if device == "cpu":
-        model_options["load_device"] = model_options["offload_device"] = torch.device("cpu")
-    params = sum(v.numel() for v in sd.values())
-    return comfy.sd.CLIP(target, parameters=params, state_dict=[sd], model_options=model_options)
+    return _load_t5_family(path, T5_KEY, "T5", target, "t5xxl_model_config", device)
