@@ -118,7 +118,7 @@ def step_flops(cfg, latent):
 def setup_host(attention: str, threads: int | None):
     def users(pack):
         import comfy.ldm.cogvideo.model as cog_model
-        return (cog_model, pack.vap_core.cog_mot)
+        return (cog_model, pack.vap_core.cogvideox.mot)
     return common.setup_host(attention, threads, users)
 
 
@@ -178,7 +178,7 @@ def load_comfy(pack, info, with_expert=True):
     if not with_expert:
         comfy.model_management.load_models_gpu([base])
         return base, None, None, None
-    el = pack.vap_core.expert_loading
+    el = pack.vap_core.expert.loading
     expert = el.load_expert(info["paths"]["expert"])
     patched = el.apply_expert(base, expert)
     half = el.apply_expert(base, expert, start=0.0, end=0.5)
@@ -229,7 +229,7 @@ def make_step(impl: str, pack, info, inputs, official_cls=None, loaded=None):
         return step, model
 
     base, expert, patched, half = loaded if loaded is not None else load_comfy(pack, info, with_expert=impl != "base")
-    ca = pack.vap_core.cog_apply
+    ca = pack.vap_core.cogvideox.apply
     patcher = {"base": base, "pack": patched, "pack-off": half}[impl]
     extra = {} if impl == "base" else {ca.REF_LATENT: ref2, ca.REF_CONTEXT: inputs["ref_context"]}
     dm = patcher.model.diffusion_model

@@ -46,7 +46,7 @@ def main():
         official = official_cls(**{k: v for k, v in cfg.items() if not k.startswith("_")})
         official.load_state_dict(load_file(info["paths"]["official_file"]), strict=True)
         official.eval()
-    cog, em, mot = base.model.diffusion_model, expert.module, pack.vap_core.cog_mot
+    cog, em, mot = base.model.diffusion_model, expert.module, pack.vap_core.cogvideox.mot
     first, plain = em.expert_blocks[0], next(i for i in range(len(cog.blocks)) if em.block(i) is None)
     frames, h, w = bench_cog.CONFIGS[opts.config]["latent"]
     p, c, text = cfg["patch_size"], cog.dim, cfg["max_text_seq_length"]

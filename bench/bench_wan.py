@@ -135,7 +135,7 @@ def setup_host(attention: str, threads: int | None):
     """Import ComfyUI (CPU) with the chosen attention backend, then the pack. Returns (pack, backend name)."""
     def users(pack):
         import comfy.ldm.wan.model as wan_model
-        return (wan_model, pack.vap_core.wan_mot)
+        return (wan_model, pack.vap_core.wan.mot)
     return common.setup_host(attention, threads, users)
 
 
@@ -194,8 +194,8 @@ def load_comfy(pack, info, with_expert=True):
     if not with_expert:
         comfy.model_management.load_models_gpu([base])
         return base, None, None
-    expert = pack.vap_core.expert_loading.load_expert(info["paths"]["expert"])
-    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    expert = pack.vap_core.expert.loading.load_expert(info["paths"]["expert"])
+    patched = pack.vap_core.expert.loading.apply_expert(base, expert)
     comfy.model_management.load_models_gpu([patched])
     return base, expert, patched
 
@@ -224,7 +224,7 @@ def make_step(impl: str, pack, info, inputs, official_cls=None, loaded=None):
         return step, model
 
     base, expert, patched = loaded if loaded is not None else load_comfy(pack, info, with_expert=impl.startswith("pack"))
-    wa = pack.vap_core.wan_apply
+    wa = pack.vap_core.wan.apply
     x2 = inputs["x"].repeat(2, 1, 1, 1, 1)
     clip2 = inputs["clip"].repeat(2, 1, 1)
     ref = {wa.REF_LATENT: inputs["ref_latent"].repeat(2, 1, 1, 1, 1), wa.REF_CONTEXT: inputs["ref_context"],
@@ -287,10 +287,10 @@ def sampling_active_range(pack, base, expert, cfg, inputs, n_steps: int, repeats
     import comfy.clip_vision
     import comfy.conds
     import comfy.sample
-    wa = pack.vap_core.wan_apply
-    apply_expert = pack.vap_core.expert_loading.apply_expert
+    wa = pack.vap_core.wan.apply
+    apply_expert = pack.vap_core.expert.loading.apply_expert
     calls = {"full": [], "0-0.5": [], "plain base": []}
-    counter = common.CallCounter(pack.vap_core.wan_mot, "joint_block")
+    counter = common.CallCounter(pack.vap_core.wan.mot, "joint_block")
     untimed = {"full": apply_expert(base, expert), "0-0.5": apply_expert(base, expert, start=0.0, end=0.5),
                "plain base": base}
     models = {n: common.timed_model_calls(m, calls[n], counter) for n, m in untimed.items()}

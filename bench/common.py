@@ -31,8 +31,9 @@ def setup_host(attention: str, threads: int | None, attention_users=None):
     import torch
     if threads:
         torch.set_num_threads(threads)
-    if TESTS_DIR not in sys.path:
-        sys.path.insert(0, TESTS_DIR)
+    for path in (TESTS_DIR, PACK_DIR):  # the tests' helpers, and the vap_headless package they import
+        if path not in sys.path:
+            sys.path.insert(0, path)
     import host  # tests/host.py: finds ComfyUI (COMFYUI_PATH or ~/ComfyUI), imports the pack as comfyui_vap
     if host.COMFYUI_PATH is None:
         raise SystemExit(host.HOW_FOUND)

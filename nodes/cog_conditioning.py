@@ -67,7 +67,7 @@ class VAPCogConditioning(io.ComfyNode):
     def execute(cls, positive, negative, ref_positive, vae, width, height, length, batch_size, start_image,
                 reference_frames, latent_mode="sample", seed=0, reference_frames_2=None, ref_positive_2=None,
                 reference_frames_3=None, ref_positive_3=None, ref_negative=None) -> io.NodeOutput:
-        from ..vap_core import cog_conditioning as cc
+        from ..vap_core.cogvideox import conditioning as cc
         refs = cc.references(reference_frames, ref_positive,
                              [(reference_frames_2, ref_positive_2), (reference_frames_3, ref_positive_3)])
         cc.validate(positive, negative, vae, width, height, length, start_image, refs, latent_mode, ref_negative)

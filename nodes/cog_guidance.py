@@ -28,7 +28,7 @@ class VAPDynamicCFGGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, dynamic=True) -> io.NodeOutput:
-        from ..vap_core.cog_guider import DynamicCFGGuider
+        from ..vap_core.cogvideox.guider import DynamicCFGGuider
         guider = DynamicCFGGuider(model, dynamic=dynamic)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)

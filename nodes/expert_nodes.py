@@ -35,7 +35,7 @@ class VAPExpertLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, expert_name) -> io.NodeOutput:
-        from ..vap_core.expert_loading import load_expert
+        from ..vap_core.expert.loading import load_expert
         return io.NodeOutput(load_expert(paths.expert_path(expert_name)))
 
 
@@ -70,5 +70,5 @@ class VAPApplyExpert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vap_expert, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
-        from ..vap_core.expert_loading import apply_expert
+        from ..vap_core.expert.loading import apply_expert
         return io.NodeOutput(apply_expert(model, vap_expert, start_percent, end_percent))

@@ -54,7 +54,7 @@ class VAPWanConditioning(io.ComfyNode):
                 ref_negative=None) -> io.NodeOutput:
         from comfy_extras.nodes_wan import WanImageToVideo
 
-        from ..vap_core import wan_conditioning as wc
+        from ..vap_core.wan import conditioning as wc
         wc.validate(positive, negative, ref_positive, vae, width, height, length, reference_frames,
                     clip_vision_start_image, clip_vision_reference, ref_negative=ref_negative)
         # the target: exactly what the native node builds (concat_latent_image, concat_mask, clip_vision_output)

@@ -1,12 +1,6 @@
-import os
-import sys
-
 import pytest
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, TESTS)
-sys.path.insert(0, os.path.dirname(TESTS))  # host-free tests import the top-level vap_core
-import host  # noqa: E402
+import host  # tests/ and the repository root are on the path through pyproject's [tool.pytest.ini_options]
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 The server runs from the host checkout on a free 127.0.0.1 port with its own base directory (tiny Wan and
 CogVideoX models in models/, inputs in input/, output/); this pack and the test node pack
-(tests/comfy_test_nodes) are registered as custom nodes. ``conftest.server`` starts it once per session.
+(vap_headless/demo/standin_nodes) are registered as custom nodes. ``conftest.server`` starts it once per session.
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ PACK = os.path.dirname(TESTS)
 def start(base: str):
     """Yield the server dict: {server, client, base, ch, assets}; stops the server afterwards."""
     host.import_host()  # comfy importable here (CPU) to write the tiny models
-    import e2e_assets
-    ch = e2e_assets.headless()
+    from vap_headless import client as ch
+    from vap_headless.demo import assets as e2e_assets
     e2e_assets.make_base_directory(base)
-    srv = ch.ComfyServer(host.COMFYUI_PATH, custom_node_dirs=[(PACK, "ComfyUI-VAP"), e2e_assets.TEST_NODES_DIR],
+    srv = ch.ComfyServer(host.COMFYUI_PATH, custom_node_dirs=[(PACK, "ComfyUI-VAP"), e2e_assets.STANDIN_NODES_DIR],
                          base_directory=base, cpu=True)
     srv.start()
     client = None

@@ -63,11 +63,11 @@ def import_pack():
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACK_NAME] = module
     spec.loader.exec_module(module)
-    # import every submodule so tests can write pack.vap_core.convert, pack.nodes.expert_nodes, ...
+    # import every submodule so tests can write pack.vap_core.wan.apply, pack.nodes.expert_nodes, ...
     for sub in ("vap_core", "nodes"):
         package = importlib.import_module(f"{PACK_NAME}.{sub}")
-        for info in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{PACK_NAME}.{sub}.{info.name}")
+        for info in pkgutil.walk_packages(package.__path__, prefix=f"{PACK_NAME}.{sub}."):
+            importlib.import_module(info.name)
     return module
 
 

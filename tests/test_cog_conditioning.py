@@ -13,7 +13,7 @@ SCALE_5B = 0.7                    # CogVideoX-5B VAE config scaling_factor (writ
 @pytest.fixture(scope="module")
 def vae(pack):
     import comfy.sd
-    from tiny_models import make_tiny_cog_vae_state_dict
+    from vap_headless.demo.tiny_vae import make_tiny_cog_vae_state_dict
     return comfy.sd.VAE(sd=make_tiny_cog_vae_state_dict(seed=0))
 
 
@@ -42,7 +42,7 @@ def _conds(conditioning, i=0):
 
 
 def _keys(pack):
-    ca = pack.vap_core.cog_apply
+    ca = pack.vap_core.cogvideox.apply
     return ca.REF_LATENT, ca.REF_CONTEXT, ca.REF_COUNT
 
 
@@ -78,7 +78,7 @@ def _official_mode_reference(vae, frames):
 
 def test_posterior_mean_is_comfyuis_vae_encode(pack, vae):
     """The pack keeps the log-variance by repeating the VAE's chunked encode: its mean must be VAE Encode's."""
-    cc = pack.vap_core.cog_conditioning
+    cc = pack.vap_core.cogvideox.conditioning
     for frames in (_frames(11, n=1), _frames(12, n=LENGTH), _frames(13, n=13)):
         mean, logvar = cc.posterior(vae, frames)
         assert torch.equal(mean, vae.encode(frames).float())
@@ -168,7 +168,7 @@ def test_core_concat_cond_gives_the_official_image_latents(pack, vae, inputs, tm
     torch.testing.assert_close(cond, expected, rtol=0, atol=1e-6)
     five_b = comfy.supported_models.CogVideoX_I2V({"image_model": "cogvideox", "in_channels": 32,
                                                    "num_attention_heads": 48})
-    assert five_b.latent_format.scale_factor == SCALE_5B == pack.vap_core.cog_conditioning.latent_scale()
+    assert five_b.latent_format.scale_factor == SCALE_5B == pack.vap_core.cogvideox.conditioning.latent_scale()
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -182,7 +182,7 @@ def _error(pack, vae, inputs, **over):
 
 def test_wan_vae_is_refused(pack, inputs):
     import comfy.sd
-    from tiny_models import make_tiny_wan_vae_state_dict
+    from vap_headless.demo.tiny_vae import make_tiny_wan_vae_state_dict
     wan_vae = comfy.sd.VAE(sd=make_tiny_wan_vae_state_dict(dim=8, seed=0))
     message = _error(pack, wan_vae, inputs)
     assert "CogVideoX VAE" in message and "Load VAE" in message
@@ -191,7 +191,7 @@ def test_wan_vae_is_refused(pack, inputs):
 def test_cog_vae_is_refused_by_the_wan_node(pack, vae):
     from comfyui_vap.vap_core.errors import VAPInputError
     with pytest.raises(VAPInputError, match="CogVideoX VAE.*wan_2.1_vae"):
-        pack.vap_core.wan_conditioning.check_vae(vae)
+        pack.vap_core.wan.conditioning.check_vae(vae)
 
 
 @pytest.mark.parametrize("over, words", [

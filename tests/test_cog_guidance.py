@@ -29,7 +29,7 @@ def official_alphas_cumprod() -> torch.Tensor:
 
 
 def test_formula_reproduces_the_official_sequence():
-    from vap_core.dynamic_cfg import dynamic_guidance_scale
+    from vap_core.cogvideox.dynamic_cfg import dynamic_guidance_scale
     scales = [dynamic_guidance_scale(6.0, t, 50) for t in official_trailing_timesteps(50)]
     assert len(scales) == 50
     assert [round(s, 2) for s in scales[:8]] == FIRST
@@ -67,7 +67,7 @@ def test_simple_scheduler_walks_the_official_trailing_timesteps(pack):
 @pytest.fixture(scope="module")
 def tiny(pack, tmp_path_factory):
     base, expert, cfg = tiny_case(pack, str(tmp_path_factory.mktemp("cog_guidance")), seed=5)
-    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    patched = pack.vap_core.expert.loading.apply_expert(base, expert)
     return {"model": patched, "config": cfg}
 
 
@@ -80,7 +80,7 @@ def _inputs(config, seed):
 
 def _conds(pack, i, image):
     import comfy.conds
-    ca = pack.vap_core.cog_apply
+    ca = pack.vap_core.cogvideox.apply
 
     def cond(text, ref_text):
         return [[text, {"concat_latent_image": image,

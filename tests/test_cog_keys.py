@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from cog_fixtures import official_cog_mot_state_dict
-from vap_core import cog_keys
-
+from vap_core.cogvideox import keys as cog_keys
 CONFIG = {"num_attention_heads": 3, "num_layers": 3, "block_idx_with_mot_ref": [0, 2]}
 
 

@@ -19,7 +19,7 @@ def _run(pack, patcher, i, with_ref=True, callback=None):
 
 def test_without_reference_output_is_bit_identical_to_base(pack, tiny):
     i = random_inputs(tiny["config"], seed=4)
-    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
     plain = _run(pack, tiny["base"], i, with_ref=False)
     assert torch.equal(_run(pack, patched, i, with_ref=False), plain)
     assert not torch.allclose(_run(pack, patched, i), plain, atol=1e-3)  # the reference does act
@@ -30,7 +30,7 @@ def test_skipping_unread_reference_work_is_exact(pack, tiny, num_refs):
     """Without a block callback the last expert block skips the reference's queries, output projection and FFN
     (nothing reads them); with one (as the golden parity test runs) everything is computed: same output."""
     i = random_inputs(tiny["config"], num_refs=num_refs, seed=8)
-    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
     streams = {}
     full = _run(pack, patched, i, callback=lambda k, x, r, t, rt: streams.setdefault(k, r.clone()))
     fast = _run(pack, patched, i)
@@ -40,9 +40,9 @@ def test_skipping_unread_reference_work_is_exact(pack, tiny, num_refs):
 
 
 def test_clone_shares_expert_weights(pack, tiny):
-    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
     clone = patched.clone().clone()
-    expert_clone = clone.get_additional_models_with_key(pack.vap_core.cog_apply.WRAPPER_KEY)[0]
+    expert_clone = clone.get_additional_models_with_key(pack.vap_core.cogvideox.apply.WRAPPER_KEY)[0]
     assert expert_clone.model is tiny["expert"].patcher.model
     i = random_inputs(tiny["config"], seed=5)
     assert torch.equal(_run(pack, clone, i), _run(pack, patched, i))
@@ -50,7 +50,7 @@ def test_clone_shares_expert_weights(pack, tiny):
 
 def test_lowvram_expert_matches_full_load(pack, tiny):
     import comfy.model_management
-    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
     i = random_inputs(tiny["config"], seed=11)
     expert_patcher = tiny["expert"].patcher
     device = comfy.model_management.get_torch_device()
@@ -71,7 +71,7 @@ def test_lowvram_expert_matches_full_load(pack, tiny):
 def test_references_and_untouched_reference_outside_expert_blocks(pack, tiny, num_refs):
     """1 to 3 references run; blocks without an expert pass the reference stream through bit-identically."""
     i = random_inputs(tiny["config"], num_refs=num_refs, seed=6)
-    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
     seen = {}
     out = _run(pack, patched, i, callback=lambda k, x, r, t, rt: seen.__setitem__(k, (r.clone(), rt.clone())))
     assert torch.isfinite(out).all() and out.shape == (i["x"].shape[0], 16, *i["x"].shape[2:])
@@ -86,7 +86,7 @@ def test_reference_order_matters(pack, tiny):
     """References are distinct streams with their own temporal positions, not a bag."""
     i = random_inputs(tiny["config"], num_refs=2, seed=7)
     frames = i["x"].shape[2]
-    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
     swapped = dict(i)
     swapped["ref_latent"] = torch.cat([i["ref_latent"][:, :, frames:], i["ref_latent"][:, :, :frames]], dim=2)
     text = tiny["config"]["max_text_seq_length"]
@@ -100,7 +100,7 @@ def test_frame_counts_off_the_learned_table(pack, tiny, frames_offset):
     a sincos table; ComfyUI's own forward would slice the learned one (and fail beyond its length)."""
     stored = (tiny["config"]["sample_frames"] - 1) // tiny["config"]["temporal_compression_ratio"] + 1
     i = random_inputs(tiny["config"], frames=stored + frames_offset, seed=8)
-    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
     out = _run(pack, patched, i)
     assert torch.isfinite(out).all() and out.shape[2] == stored + frames_offset
 
@@ -110,7 +110,7 @@ def test_active_range(pack, tiny):
     not ComfyUI's plain forward, which has no RoPE for this model); inside it runs VAP."""
     i = random_inputs(tiny["config"], seed=9)
     sigmas = torch.linspace(10.0, 0.0, 5)
-    late = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"], start=0.5, end=1.0)
+    late = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"], start=0.5, end=1.0)
     cog = tiny["base"].model.diffusion_model
 
     def at_step(step, ref=True):
@@ -119,7 +119,7 @@ def test_active_range(pack, tiny):
             return late.model.diffusion_model(i["x"], i["t"], i["context"], transformer_options=opts,
                                               **(ref_kwargs(pack, i["ref_latent"], i["ref_context"]) if ref else {}))
     with torch.no_grad():
-        base_alone = pack.vap_core.cog_mot.vap_forward(cog, tiny["expert"].module, i["x"], i["t"], i["context"],
+        base_alone = pack.vap_core.cogvideox.mot.vap_forward(cog, tiny["expert"].module, i["x"], i["t"], i["context"],
                                                        None, None, {})
     assert torch.equal(at_step(0), base_alone)
     assert torch.equal(at_step(0, ref=False), _run(pack, tiny["base"], i, with_ref=False))  # no reference: ComfyUI's
@@ -130,8 +130,8 @@ def test_sampler_path_reads_reference_from_conditioning(pack, tiny):
     """KSampler's route: conds -> model_conds -> batched cond/uncond -> wrapper (HOST_NOTES 2.3)."""
     import comfy.conds
     import comfy.sample
-    ca = pack.vap_core.cog_apply
-    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
+    ca = pack.vap_core.cogvideox.apply
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
     i = random_inputs(tiny["config"], num_refs=2, batch=1, seed=10)
     seen = []
     patched.model_options["transformer_options"]["vap_block_callback"] = \

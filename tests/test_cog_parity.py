@@ -49,13 +49,13 @@ def _err(a, b):
 @pytest.mark.parametrize("case", CASES, ids=os.path.basename)
 def test_cog_matches_official(pack, case, tmp_path):
     call, config, inputs, expected, intermediates = _load_case(case)
-    mot = pack.vap_core.cog_mot
+    mot = pack.vap_core.cogvideox.mot
     base, expert, paths = convert_and_load(pack, case, str(tmp_path))
     assert expert.expert_blocks == sorted(config["block_idx_with_mot_ref"])
     cog = base.model.diffusion_model
     official_sd = load_file(os.path.join(case, "transformer", "diffusion_pytorch_model.safetensors"))
     assert torch.equal(cog.patch_embed.pos_embedding, official_sd["patch_embed.pos_embedding"])
-    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    patched = pack.vap_core.expert.loading.apply_expert(base, expert)
 
     x = official_to_comfy(inputs["hidden_states"])
     ref = official_to_comfy(inputs["hidden_states_mot_ref"])
@@ -101,7 +101,7 @@ def test_cog_matches_official(pack, case, tmp_path):
 def test_rope_tables_are_the_pipelines(pack, case):
     """The pack builds the official pipeline's RoPE tables itself (target 0..F-1, references -nF..-1)."""
     call, config, inputs, _, _ = _load_case(case)
-    mot = pack.vap_core.cog_mot
+    mot = pack.vap_core.cogvideox.mot
     frames, _, height, width = inputs["hidden_states"].shape[1:]
     p = config["patch_size"]
     grid = (height // p, width // p, config["sample_height"] // p, config["sample_width"] // p)
@@ -121,7 +121,7 @@ def test_recomputed_positional_table_is_the_official_formula(pack, case):
     dim = config["num_attention_heads"] * config["attention_head_dim"]
     p, text = config["patch_size"], config["max_text_seq_length"]
     frames = (config["sample_frames"] - 1) // config["temporal_compression_ratio"] + 1
-    table = pack.vap_core.cog_mot.sincos_table(dim, frames, config["sample_height"] // p, config["sample_width"] // p,
+    table = pack.vap_core.cogvideox.mot.sincos_table(dim, frames, config["sample_height"] // p, config["sample_width"] // p,
                                                config["spatial_interpolation_scale"],
                                                config["temporal_interpolation_scale"])
     for key in (k for k in sd if re.fullmatch(r"patch_embed(_mot_ref)?\.pos_embedding", k)):

@@ -7,10 +7,10 @@ import torch
 from safetensors import safe_open
 
 from vap_core import convert as convert_mod
-from vap_core import wan_keys
+from vap_core.wan import keys as wan_keys
 from vap_core.errors import VAPFormatError
-from vap_core.safetensors_io import LazyTensors, read_header
-from vap_core.tiny_wan import official_wan_mot_state_dict
+from vap_core.formats.safetensors_io import LazyTensors, read_header
+from vap_headless.demo.tiny_wan import official_wan_mot_state_dict
 from wan_fixtures import write_official_folder
 
 CONFIG = {"num_layers": 3, "block_idx_with_mot_ref": [1, 2], "text_dim": 32, "ffn_dim": 64}
@@ -99,7 +99,7 @@ def test_streams_one_shard_after_another(official, tmp_path, monkeypatch):
         alive.append(name)
         return real_get(self, name)
 
-    import vap_core.safetensors_io as io_mod
+    import vap_core.formats.safetensors_io as io_mod
     real_write = io_mod.write_streaming
 
     def write(path, layout, produce, metadata=None, progress=None):

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 import host
 from vap_core import convert as convert_mod
 from vap_core.errors import VAPFormatError
-from vap_core.tiny_wan import official_wan_mot_state_dict
+from vap_headless.demo.tiny_wan import official_wan_mot_state_dict
 from wan_fixtures import convert_and_load, write_official_folder
 
 CONFIG = {"num_layers": 2, "block_idx_with_mot_ref": [0], "text_dim": 32, "ffn_dim": 64}
@@ -76,19 +76,19 @@ def test_expert_wider_than_base(pack, tmp_path):
     base, _, _ = _expert(pack, tmp_path, {}, seed=0)
     _, wide_expert, _ = _expert(pack, tmp_path, {"num_attention_heads": 2, "added_kv_proj_dim": 256}, seed=1)
     with pytest.raises(pack.vap_core.errors.VAPModelMismatch, match="Wan 1.3B.*Wan2.1-I2V-14B"):
-        pack.vap_core.expert_loading.apply_expert(base, wide_expert)
+        pack.vap_core.expert.loading.apply_expert(base, wide_expert)
 
 
 def test_expert_deeper_than_base(pack, tmp_path):
     base, _, _ = _expert(pack, tmp_path, {}, seed=0)
     _, deep_expert, _ = _expert(pack, tmp_path, {"num_layers": 4, "block_idx_with_mot_ref": [3]}, seed=1)
     with pytest.raises(pack.vap_core.errors.VAPModelMismatch, match="does not match the base"):
-        pack.vap_core.expert_loading.apply_expert(base, deep_expert)
+        pack.vap_core.expert.loading.apply_expert(base, deep_expert)
 
 
 def test_text_to_video_base(pack, tmp_path):
     import comfy.sd
-    from vap_core import wan_keys
+    from vap_core.wan import keys as wan_keys
     _, expert, _ = _expert(pack, tmp_path, {}, seed=0)
     sd, cfg = official_wan_mot_state_dict({**CONFIG, "in_channels": 16}, seed=2)
     base_map, _ = wan_keys.split_and_map(sd)
@@ -97,14 +97,14 @@ def test_text_to_video_base(pack, tmp_path):
     save_file(t2v, path, metadata={"config": '{"transformer": {"text_dim": 32}}'})
     base = comfy.sd.load_diffusion_model(path)
     with pytest.raises(pack.vap_core.errors.VAPModelMismatch, match="text-to-video.*I2V"):
-        pack.vap_core.expert_loading.apply_expert(base, expert)
+        pack.vap_core.expert.loading.apply_expert(base, expert)
 
 
 def test_non_vap_file_in_expert_loader(pack, tmp_path):
     f = tmp_path / "some_lora.safetensors"
     save_file({"lora_unet_x.lora_up.weight": torch.zeros(2, 2)}, str(f))
     with pytest.raises(pack.vap_core.errors.VAPFormatError, match="not a Video-As-Prompt expert.*models/vap"):
-        pack.vap_core.expert_loading.load_expert(str(f))
+        pack.vap_core.expert.loading.load_expert(str(f))
 
 
 COG_CASES = host.golden_cases("CogVideoX")
@@ -115,6 +115,6 @@ def test_cogvideox_file_on_wan_path(pack, tmp_path):
     base, _, _ = _expert(pack, tmp_path, {}, seed=0)
     cog_expert = str(tmp_path / "cog_expert.safetensors")
     pack.vap_core.convert.convert(COG_CASES[0], expert_out=cog_expert, quiet=True)
-    expert = pack.vap_core.expert_loading.load_expert(cog_expert)
+    expert = pack.vap_core.expert.loading.load_expert(cog_expert)
     with pytest.raises(pack.vap_core.errors.VAPModelMismatch, match="(?i)cogvideox"):
-        pack.vap_core.expert_loading.apply_expert(base, expert)
+        pack.vap_core.expert.loading.apply_expert(base, expert)

@@ -28,11 +28,10 @@ import host
 TESTS = os.path.dirname(os.path.abspath(__file__))
 PACK = os.path.dirname(TESTS)
 WORKFLOWS = os.path.join(PACK, "workflows")
-sys.path.insert(0, WORKFLOWS)
+API_WORKFLOWS = os.path.join(WORKFLOWS, "api")
 
-import browser  # noqa: E402
-import build_workflows  # noqa: E402
-import comfy_headless  # noqa: E402
+from vap_headless import browser, build_workflows  # noqa: E402
+from vap_headless import client as comfy_headless  # noqa: E402
 
 pytestmark = [pytest.mark.server, pytest.mark.host]
 UI_FILES = sorted(f for f in os.listdir(WORKFLOWS) if f.endswith(".json") and not f.endswith(".api.json"))
@@ -83,8 +82,7 @@ def _placeholder_models(base: str) -> None:
     for name, directory in build_workflows.CONVERTED.items():
         os.makedirs(os.path.join(base, "models", directory), exist_ok=True)
         open(os.path.join(base, "models", directory, name), "wb").close()
-    sys.path.insert(0, TESTS)
-    import e2e_assets
+    from vap_headless.demo import assets as e2e_assets
     inputs = os.path.join(base, "input")
     e2e_assets.write_inputs(inputs)
     os.replace(os.path.join(inputs, e2e_assets.INPUT_IMAGE), os.path.join(inputs, build_workflows.START_IMAGE))
@@ -150,7 +148,7 @@ def test_ui_workflow_loads_cleanly_and_matches_api(frontend, ui_file, tmp_path):
     b, server = frontend
     with open(os.path.join(WORKFLOWS, ui_file), encoding="utf-8") as f:
         wf = json.load(f)
-    with open(os.path.join(WORKFLOWS, ui_file.replace(".json", ".api.json")), encoding="utf-8") as f:
+    with open(os.path.join(API_WORKFLOWS, ui_file.replace(".json", ".api.json")), encoding="utf-8") as f:
         api = json.load(f)
     b.exceptions.clear()
     result = b.evaluate(f"({_CHECK_JS})({json.dumps(wf)}, {json.dumps(ui_file)})")

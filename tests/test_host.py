@@ -31,7 +31,7 @@ def test_pack_loads_through_comfyui_custom_node_loader(pack):
 @pytest.fixture
 def vap_folder(pack, tmp_path):
     import folder_paths
-    from vap_core.tiny_wan import official_wan_mot_state_dict
+    from vap_headless.demo.tiny_wan import official_wan_mot_state_dict
     sd, cfg = official_wan_mot_state_dict(CONFIG, seed=21)
     root = write_official_folder(str(tmp_path / "vap"), sd, cfg)
     models = tmp_path / "models_vap"
@@ -59,7 +59,7 @@ def test_loader_and_apply_nodes(pack, vap_folder):
 
 
 def test_fp8_files_load_and_run(pack, tmp_path):
-    from vap_core.tiny_wan import official_wan_mot_state_dict
+    from vap_headless.demo.tiny_wan import official_wan_mot_state_dict
     sd, cfg = official_wan_mot_state_dict(CONFIG, seed=22)
     root = write_official_folder(str(tmp_path / "vap"), sd, cfg)
     (tmp_path / "fp32").mkdir()
@@ -69,8 +69,8 @@ def test_fp8_files_load_and_run(pack, tmp_path):
     assert expert8.module.blocks["1"].self_attn.q.weight.dtype == torch.float8_e4m3fn
     i = random_inputs(cfg, seed=3)
     ref = ref_kwargs(pack, i["ref_latent"], i["ref_context"], i["ref_clip"])
-    out32 = run_diffusion_model(pack.vap_core.expert_loading.apply_expert(base32, expert32), i["x"], i["t"], i["context"], i["clip"], ref)
-    out8 = run_diffusion_model(pack.vap_core.expert_loading.apply_expert(base8, expert8), i["x"], i["t"], i["context"], i["clip"], ref)
+    out32 = run_diffusion_model(pack.vap_core.expert.loading.apply_expert(base32, expert32), i["x"], i["t"], i["context"], i["clip"], ref)
+    out8 = run_diffusion_model(pack.vap_core.expert.loading.apply_expert(base8, expert8), i["x"], i["t"], i["context"], i["clip"], ref)
     assert torch.isfinite(out8).all()
     # fp8 rounding (3 mantissa bits) moves outputs, but they stay close to the fp32 result
     rel = ((out8.float() - out32).norm() / out32.norm()).item()

@@ -2,7 +2,7 @@
 
 One server for the session (fixture ``server``, tests/e2e_server.py): ComfyUI from the host checkout on a free
 127.0.0.1 port, its own base directory (tiny models in models/, inputs in input/, output/), this pack and the
-test node pack (tests/comfy_test_nodes) registered as custom nodes through an ``extra_model_paths`` yaml.
+stand-in node pack (vap_headless/demo/standin_nodes) registered as custom nodes through an ``extra_model_paths`` yaml.
 The workflows are submitted over HTTP exactly as shipped except file names, sizes (64x48, 9 frames)
 and the two stand-in loaders (UMT5 / CLIP vision, same inputs as the core loaders). Checks: the mp4
 (frames, size, fps, decodable, not constant), websocket progress, cache on resubmission, /interrupt,

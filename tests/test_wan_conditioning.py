@@ -20,7 +20,7 @@ LATENTS_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
 @pytest.fixture(scope="module")
 def vae(pack):
     import comfy.sd
-    from tiny_models import make_tiny_wan_vae_state_dict
+    from vap_headless.demo.tiny_vae import make_tiny_wan_vae_state_dict
     return comfy.sd.VAE(sd=make_tiny_wan_vae_state_dict(dim=8, seed=0))
 
 
@@ -70,7 +70,7 @@ def _conds(conditioning, i=0):
 
 
 def _keys(pack):
-    wa = pack.vap_core.wan_apply
+    wa = pack.vap_core.wan.apply
     return wa.REF_LATENT, wa.REF_CONTEXT, wa.REF_CLIP
 
 
@@ -198,7 +198,7 @@ def test_target_and_reference_channels_inside_comfy_match_official(pack, vae, in
     import comfy.model_management
     import comfy.sampler_helpers
     import comfy.samplers
-    from vap_core.tiny_wan import official_wan_mot_state_dict
+    from vap_headless.demo.tiny_wan import official_wan_mot_state_dict
     sd, cfg = official_wan_mot_state_dict({"text_dim": TEXT_DIM, "ffn_dim": 32, "num_layers": 1}, seed=2)
     write_official_folder(str(tmp_path / "vap"), sd, cfg)
     base, _, _ = convert_and_load(pack, str(tmp_path / "vap"), str(tmp_path))

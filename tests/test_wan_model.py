@@ -13,7 +13,7 @@ CONFIG = {"num_layers": 3, "block_idx_with_mot_ref": [0, 2], "text_dim": 32, "ff
 
 @pytest.fixture
 def tiny(pack, tmp_path):
-    from vap_core.tiny_wan import official_wan_mot_state_dict
+    from vap_headless.demo.tiny_wan import official_wan_mot_state_dict
     sd, cfg = official_wan_mot_state_dict(CONFIG, seed=3)
     write_official_folder(str(tmp_path / "vap"), sd, cfg)
     base, expert, paths = convert_and_load(pack, str(tmp_path / "vap"), str(tmp_path))
@@ -27,16 +27,16 @@ def _run(pack, patcher, i, with_ref=True):
 
 def test_without_reference_output_is_bit_identical_to_base(pack, tiny):
     i = tiny["inputs"]
-    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
     plain = _run(pack, tiny["base"], i, with_ref=False)
     assert torch.equal(_run(pack, patched, i, with_ref=False), plain)
     assert not torch.allclose(_run(pack, patched, i), plain, atol=1e-3)  # the reference does act
 
 
 def test_clone_shares_expert_weights(pack, tiny):
-    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
     clone = patched.clone().clone()
-    key = pack.vap_core.wan_apply.WRAPPER_KEY
+    key = pack.vap_core.wan.apply.WRAPPER_KEY
     expert_clone = clone.get_additional_models_with_key(key)[0]
     assert expert_clone.model is tiny["expert"].patcher.model
     original = dict(tiny["expert"].module.named_parameters())
@@ -61,7 +61,7 @@ def test_core_lora_loader_still_patches_the_base(pack, tiny, tmp_path):
                "lora_unet_blocks_0_self_attn_q.alpha": torch.tensor(4.0)}, str(lora_dir / "tiny_lora.safetensors"))
     folder_paths.add_model_folder_path("loras", str(lora_dir), is_default=True)
 
-    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
     (with_lora,) = nodes.LoraLoaderModelOnly().load_lora_model_only(patched, "tiny_lora.safetensors", 1.0)
     comfy.model_management.load_models_gpu([with_lora])
     i = tiny["inputs"]
@@ -82,7 +82,7 @@ def test_core_lora_loader_still_patches_the_base(pack, tiny, tmp_path):
 
 def test_low_vram_partial_load_of_expert_matches_full_load(pack, tiny):
     import comfy.model_management
-    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
     i = tiny["inputs"]
     expert_patcher = tiny["expert"].patcher
     device = comfy.model_management.get_torch_device()
@@ -102,8 +102,8 @@ def test_sampler_path_reads_reference_from_conditioning(pack, tiny):
     import comfy.conds
     import comfy.sample
     import comfy.clip_vision
-    patched = pack.vap_core.expert_loading.apply_expert(tiny["base"], tiny["expert"])
-    wa = pack.vap_core.wan_apply
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
+    wa = pack.vap_core.wan.apply
     i = tiny["inputs"]
     seen = []
     patched.model_options["transformer_options"]["vap_block_callback"] = lambda k, x, r: seen.append((k, x.shape[0]))

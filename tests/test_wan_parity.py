@@ -32,12 +32,12 @@ def test_wan_matches_official(pack, case, tmp_path):
     expected = load_file(os.path.join(case, "output.safetensors"))["sample"]
     intermediates = load_file(os.path.join(case, "intermediates.safetensors"))
     # the pipeline's reference timestep is the constant 1; the pack hard-wires it
-    assert torch.all(inputs["timestep_list_mot_ref"] == pack.vap_core.wan_mot.REFERENCE_TIMESTEP)
+    assert torch.all(inputs["timestep_list_mot_ref"] == pack.vap_core.wan.mot.REFERENCE_TIMESTEP)
 
     base, expert, _ = convert_and_load(pack, case, str(tmp_path))
     config = json.load(open(os.path.join(case, "transformer", "config.json")))
     assert expert.expert_blocks == sorted(config["block_idx_with_mot_ref"])
-    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    patched = pack.vap_core.expert.loading.apply_expert(base, expert)
 
     blocks = {}
     out = run_diffusion_model(

@@ -41,11 +41,11 @@ CONFIGS = [
 
 @pytest.mark.parametrize("overrides,frames,height,width,seed", CONFIGS)
 def test_pack_matches_official_on_other_configs(pack, tmp_path, overrides, frames, height, width, seed):
-    from vap_core.tiny_wan import official_wan_mot_state_dict
+    from vap_headless.demo.tiny_wan import official_wan_mot_state_dict
     sd, cfg = official_wan_mot_state_dict(overrides, seed=seed)
     write_official_folder(str(tmp_path / "vap"), sd, cfg, shards=2)
     base, expert, _ = convert_and_load(pack, str(tmp_path / "vap"), str(tmp_path))
-    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    patched = pack.vap_core.expert.loading.apply_expert(base, expert)
     i = random_inputs(cfg, frames, height, width, seed=seed)
     got_blocks, want_blocks = {}, {}
     got = run_diffusion_model(patched, i["x"], i["t"], i["context"], i["clip"],

@@ -10,7 +10,7 @@ CONFIG = {"num_layers": 3, "block_idx_with_mot_ref": [0, 2], "text_dim": 32, "ff
 
 @pytest.fixture
 def tiny(pack, tmp_path):
-    from vap_core.tiny_wan import official_wan_mot_state_dict
+    from vap_headless.demo.tiny_wan import official_wan_mot_state_dict
     sd, cfg = official_wan_mot_state_dict(CONFIG, seed=11)
     write_official_folder(str(tmp_path / "vap"), sd, cfg)
     base, expert, _ = convert_and_load(pack, str(tmp_path / "vap"), str(tmp_path))
@@ -33,11 +33,11 @@ def _inputs(pack, cfg, batch=2):
 
 def test_cached_reference_equals_uncached(pack, tiny, monkeypatch):
     base, expert, cfg = tiny
-    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    patched = pack.vap_core.expert.loading.apply_expert(base, expert)
     i = _inputs(pack, cfg)
     calls = []
-    real = pack.vap_core.wan_mot.reference_stream
-    monkeypatch.setattr(pack.vap_core.wan_mot, "reference_stream", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = pack.vap_core.wan.mot.reference_stream
+    monkeypatch.setattr(pack.vap_core.wan.mot, "reference_stream", lambda *a, **k: calls.append(1) or real(*a, **k))
     uncached = _call(patched, i, {})  # no cond uuids: nothing is cached
     sampling = {"uuids": ["cond-uuid", "uncond-uuid"]}
     first = _call(patched, i, dict(sampling))
@@ -61,12 +61,12 @@ def test_cached_reference_equals_uncached(pack, tiny, monkeypatch):
 
 def test_cache_invalidated_by_expert_patches(pack, tiny):
     base, expert, cfg = tiny
-    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    patched = pack.vap_core.expert.loading.apply_expert(base, expert)
     i = _inputs(pack, cfg)
     opts = {"uuids": ["a", "b"]}
     before = _call(patched, i, dict(opts))
     expert.patcher.patches_uuid = "changed"  # what add_patches does when a LoRA lands on the expert
-    wrapper = patched.get_wrappers("diffusion_model", pack.vap_core.wan_apply.WRAPPER_KEY)[0]
+    wrapper = patched.get_wrappers("diffusion_model", pack.vap_core.wan.apply.WRAPPER_KEY)[0]
     old_keys = set(wrapper.cache)
     _call(patched, i, dict(opts))
     assert len(set(wrapper.cache) - old_keys) == 1
@@ -75,7 +75,7 @@ def test_cache_invalidated_by_expert_patches(pack, tiny):
 
 def test_batched_cfg_equals_separate_calls(pack, tiny):
     base, expert, cfg = tiny
-    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    patched = pack.vap_core.expert.loading.apply_expert(base, expert)
     i = _inputs(pack, cfg, batch=2)
     both = _call(patched, i, {})
     cond, uncond = _call(patched, i, {}, slice(0, 1)), _call(patched, i, {}, slice(1, 2))
@@ -84,8 +84,8 @@ def test_batched_cfg_equals_separate_calls(pack, tiny):
 
 def test_active_range_runs_plain_base_outside(pack, tiny):
     base, expert, cfg = tiny
-    full = pack.vap_core.expert_loading.apply_expert(base, expert)
-    late = pack.vap_core.expert_loading.apply_expert(base, expert, start=0.5, end=1.0)
+    full = pack.vap_core.expert.loading.apply_expert(base, expert)
+    late = pack.vap_core.expert.loading.apply_expert(base, expert, start=0.5, end=1.0)
     i = _inputs(pack, cfg)
     sigmas = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
     early_step = {"sample_sigmas": sigmas, "sigmas": sigmas[0:1]}
@@ -99,8 +99,8 @@ def test_active_range_runs_plain_base_outside(pack, tiny):
 def test_memory_estimate_counts_reference(pack, tiny):
     import comfy.conds
     base, expert, cfg = tiny
-    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
-    wa = pack.vap_core.wan_apply
+    patched = pack.vap_core.expert.loading.apply_expert(base, expert)
+    wa = pack.vap_core.wan.apply
     ref = torch.zeros(1, 36, 13, 60, 104)
     cond = {"model_conds": {wa.REF_LATENT: comfy.conds.CONDRegular(ref)}}
     shape = [2, 16, 13, 60, 104]
@@ -120,7 +120,7 @@ def test_unread_reference_work_is_skipped(pack, tiny):
     """The last expert block's reference queries, output projection, cross-attention and FFN are never computed
     (nothing reads them); its keys/values are (the target attends to them), as every other expert block's."""
     base, expert, cfg = tiny
-    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    patched = pack.vap_core.expert.loading.apply_expert(base, expert)
     first, last = (expert.module.block(i) for i in (CONFIG["block_idx_with_mot_ref"][0], CONFIG["block_idx_with_mot_ref"][-1]))
     calls = {}
     hooks = [m.register_forward_hook(lambda mod, a, o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
@@ -140,9 +140,9 @@ def test_unread_reference_work_is_skipped(pack, tiny):
 
 def test_reference_shared_by_cond_and_uncond_is_embedded_once(pack, tiny):
     base, expert, cfg = tiny
-    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
+    patched = pack.vap_core.expert.loading.apply_expert(base, expert)
     i = _inputs(pack, cfg, batch=2)
-    wa = pack.vap_core.wan_apply
+    wa = pack.vap_core.wan.apply
     for key in (wa.REF_LATENT, wa.REF_CLIP):  # the official pipeline: only the texts differ between the passes
         i["ref"][key] = i["ref"][key][:1].expand_as(i["ref"][key]).clone()
     both = _call(patched, i, {"uuids": ["c", "u"]})
@@ -156,8 +156,8 @@ def test_cond_and_uncond_called_separately_share_the_reference_video_work(pack, 
     """ComfyUI's low-memory mode calls cond and uncond one by one: the second call reuses the first's reference
     video part (tokens, RoPE, modulation) instead of computing and holding it twice; same output."""
     base, expert, cfg = tiny
-    patched = pack.vap_core.expert_loading.apply_expert(base, expert)
-    wa, mot = pack.vap_core.wan_apply, pack.vap_core.wan_mot
+    patched = pack.vap_core.expert.loading.apply_expert(base, expert)
+    wa, mot = pack.vap_core.wan.apply, pack.vap_core.wan.mot
     i = _inputs(pack, cfg, batch=2)
     for key in (wa.REF_LATENT, wa.REF_CLIP):
         i["ref"][key] = i["ref"][key][:1].expand_as(i["ref"][key]).clone()

@@ -13,15 +13,16 @@ import pytest
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 WORKFLOWS = os.path.join(os.path.dirname(TESTS), "workflows")
-sys.path.insert(0, WORKFLOWS)
+API_WORKFLOWS = os.path.join(WORKFLOWS, "api")
 
-import build_workflows as bw  # noqa: E402
+from vap_headless import build_workflows as bw  # noqa: E402
 
 NAMES = sorted(bw.WORKFLOWS)
 
 
 def _load(name, api=True):
-    with open(os.path.join(WORKFLOWS, f"{name}{'.api' if api else ''}.json"), encoding="utf-8") as f:
+    with open(os.path.join(API_WORKFLOWS, f"{name}.api.json") if api else os.path.join(WORKFLOWS, f"{name}.json"),
+              encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -34,7 +35,7 @@ def test_api_files_are_what_the_builder_writes(tmp_path):
     bw.write_api(str(tmp_path))
     for name in NAMES:
         with open(tmp_path / f"{name}.api.json", encoding="utf-8") as f:
-            assert json.load(f) == _load(name), f"workflows/{name}.api.json is stale: run workflows/build_workflows.py"
+            assert json.load(f) == _load(name), f"workflows/api/{name}.api.json is stale: run python -m vap_headless.build_workflows --api-only"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -154,7 +155,7 @@ def test_lora_schedule_is_the_step_distill_timesteps(pack):
 # ------------------------------------------------------------------------------------------ runner (host-free)
 
 def _runner():
-    import run
+    from vap_headless import cli as run
     return run
 
 
@@ -234,7 +235,7 @@ def test_runner_tells_how_to_make_the_cog_files():
 
 
 def test_resize_workflow_scales_sizes_only():
-    import comfy_headless as ch
+    from vap_headless import client as ch
     api = _load("wan_vap_lora_upscale")
     tiny = ch.resize_workflow(api, 64, 48, 9)
     assert _by_title(tiny, "VAP Wan Conditioning")["inputs"]["width"] == 64
@@ -244,7 +245,7 @@ def test_resize_workflow_scales_sizes_only():
 
 
 def test_resize_workflow_uses_each_workflows_own_size():
-    import comfy_headless as ch
+    from vap_headless import client as ch
     tiny = ch.resize_workflow(_load("cog_vap_official"), 64, 48, 9)
     cond = _by_title(tiny, "VAP CogVideoX Conditioning")["inputs"]
     assert (cond["width"], cond["height"], cond["length"]) == (64, 48, 9)

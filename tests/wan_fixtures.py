@@ -1,32 +1,11 @@
 """Tiny Wan VAP checkpoints on disk in the official layouts, and loading them through the real host."""
 from __future__ import annotations
 
-import json
 import os
 
 import torch
-from safetensors.torch import save_file
 
-
-def write_official_folder(root: str, sd: dict, config: dict, shards: int = 1) -> str:
-    """An official model folder ``root/transformer/`` (config.json + one file or N shards + index)."""
-    tdir = os.path.join(root, "transformer")
-    os.makedirs(tdir, exist_ok=True)
-    with open(os.path.join(tdir, "config.json"), "w") as f:
-        json.dump(config, f)
-    names = sorted(sd)
-    if shards == 1:
-        save_file({k: sd[k].contiguous() for k in names}, os.path.join(tdir, "diffusion_pytorch_model.safetensors"))
-        return root
-    weight_map = {}
-    for i in range(shards):
-        fname = f"diffusion_pytorch_model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = names[i::shards]
-        save_file({k: sd[k].contiguous() for k in part}, os.path.join(tdir, fname))
-        weight_map.update({k: fname for k in part})
-    with open(os.path.join(tdir, "diffusion_pytorch_model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {}, "weight_map": weight_map}, f)
-    return root
+from vap_headless.demo.official_folder import write_official_folder  # noqa: F401 (tests import it from here)
 
 
 def convert_and_load(pack, src: str, out_dir: str, dtype: str | None = None):
@@ -38,12 +17,12 @@ def convert_and_load(pack, src: str, out_dir: str, dtype: str | None = None):
     base_path = os.path.join(out_dir, "base.safetensors")
     convert(src, expert_out=expert_path, base_out=base_path, dtype=dtype, quiet=True)
     base = comfy.sd.load_diffusion_model(base_path)
-    expert = pack.vap_core.expert_loading.load_expert(expert_path)
+    expert = pack.vap_core.expert.loading.load_expert(expert_path)
     return base, expert, {"expert": expert_path, "base": base_path}
 
 
 def ref_kwargs(pack, latent, context, clip):
-    wa = pack.vap_core.wan_apply
+    wa = pack.vap_core.wan.apply
     return {wa.REF_LATENT: latent, wa.REF_CONTEXT: context, wa.REF_CLIP: clip}
 
 

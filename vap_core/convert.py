@@ -18,11 +18,11 @@ import sys
 
 import torch
 
-from . import wan_keys
-from .checkpoint import COG, WAN, OfficialCheckpoint, open_official
+from .wan import keys as wan_keys
+from .formats.checkpoint import COG, WAN, OfficialCheckpoint, open_official
 from .errors import VAPError, VAPFormatError
-from .expert_file import expert_metadata
-from .safetensors_io import LazyTensors, write_streaming
+from .formats.expert_file import expert_metadata
+from .formats.safetensors_io import LazyTensors, write_streaming
 
 DTYPES = {
     "fp32": torch.float32,
@@ -36,7 +36,7 @@ def key_map(ckpt: OfficialCheckpoint) -> tuple[dict[str, str], dict[str, str]]:
     """({native base name: official key}, {native expert name: official key})."""
     if ckpt.variant == WAN:
         return wan_keys.split_and_map(ckpt.tensors.keys())
-    from . import cog_keys
+    from .cogvideox import keys as cog_keys
     return cog_keys.split_and_map(ckpt.tensors.keys())
 
 
@@ -99,7 +99,7 @@ def convert(src: str, expert_out: str | None = None, base_out: str | None = None
         if ckpt.variant == WAN:
             meta["config"] = json.dumps({"transformer": wan_keys.native_transformer_config(ckpt.config)})
         else:
-            from . import cog_keys
+            from .cogvideox import keys as cog_keys
             meta.update(cog_keys.base_metadata(ckpt.config))
         _write(base_out, ckpt, base_map, torch_dtype, meta, "base", quiet)
     return ckpt

@@ -17,10 +17,10 @@ import comfy.ops
 import comfy.patcher_extension
 import comfy.utils
 
-from .errors import VAPModelMismatch
+from ..conds import REF_LATENT  # the entry whose shape the memory estimate counts (both variants)
+from ..errors import VAPModelMismatch
 
 WRAPPER_KEY = "vap_expert"
-REF_LATENT = "vap_ref_latent"  # the conds entry whose shape the memory estimate counts (both variants)
 
 
 @dataclass

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from . import cog_mot
-from .checkpoint import COG
-from .cog_expert import CogVAPExpert, expert_config, native_cogvideox
-from .errors import VAPModelMismatch
-from .expert_patching import WRAPPER_KEY, ExpertWrapper, VAPExpert, attach, build_expert  # noqa: F401
+from . import mot as cog_mot
+from ..formats.checkpoint import COG
+from .expert import CogVAPExpert, expert_config, native_cogvideox
+from ..conds import REF_CONTEXT, REF_COUNT, REF_LATENT
+from ..errors import VAPModelMismatch
+from ..expert.patching import WRAPPER_KEY, ExpertWrapper, VAPExpert, attach, build_expert  # noqa: F401
 
-# Conditioning entries (under ``model_conds``, on positive AND negative) that carry the reference to the model.
-REF_LATENT = "vap_ref_latent"      # [B, 32, n*F, H, W]: per reference cat(clean latents, first-frame image latents)
-REF_CONTEXT = "vap_ref_context"    # [B, n*226, 4096]: the n reference captions' T5 states, concatenated
-REF_COUNT = "vap_num_refs"         # optional CONDConstant(int n); checked against the latent when present
+# the conditioning entries that carry CogVideoX references: per reference cat(clean latents, first-frame image
+# latents), the n reference captions' T5 states concatenated, and (optional) n
 REF_KEYS = (REF_LATENT, REF_CONTEXT, REF_COUNT)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import VAPModelMismatch
+from ..errors import VAPModelMismatch
 
 COMFYUI_NEEDED = "ComfyUI >= 0.25"
 

@@ -1,6 +1,6 @@
 """Drive a real ComfyUI server without a browser: start it, submit API-format workflows, follow progress.
 
-Used by ``workflows/run.py`` and by the pack's server tests. Standard library + aiohttp (a ComfyUI
+Used by the runner (``vap_headless.cli``) and by the pack's server tests. Standard library + aiohttp (a ComfyUI
 requirement) only; no ComfyUI import, so it works from any Python that can start ComfyUI's ``main.py``.
 
 * :func:`find_comfyui` finds the ComfyUI checkout (``--comfyui``, ``COMFYUI_PATH``, the ComfyUI whose
@@ -30,7 +30,8 @@ import urllib.request
 import uuid
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKFLOW_DIR = os.path.dirname(os.path.abspath(__file__))
+WORKFLOW_DIR = os.path.join(PACK_DIR, "workflows")        # UI-format graphs: what ComfyUI lists as templates
+API_WORKFLOW_DIR = os.path.join(WORKFLOW_DIR, "api")     # their API-format twins (a subfolder ComfyUI does not list)
 
 
 class HeadlessError(RuntimeError):
@@ -425,7 +426,7 @@ def load_api_workflow(name_or_path: str) -> dict:
     """A shipped API workflow by name (``wan_vap_official``) or any API-format JSON file."""
     path = name_or_path
     if not os.path.isfile(path):
-        path = os.path.join(WORKFLOW_DIR, f"{name_or_path}.api.json")
+        path = os.path.join(API_WORKFLOW_DIR, f"{name_or_path}.api.json")
     if not os.path.isfile(path):
         raise HeadlessError(f"workflow {name_or_path!r} not found (looked for {path}).")
     with open(path) as f:

@@ -10,7 +10,7 @@ built from ComfyUI's own ``WanAttentionBlock`` / ``MLPProj`` classes.
 """
 from __future__ import annotations
 
-from .key_rules import KeyRules
+from ..formats.key_rules import KeyRules
 
 # (official regex, native template). Order matters only for readability: patterns are anchored.
 _RULES = [

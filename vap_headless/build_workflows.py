@@ -1,7 +1,7 @@
 """Maintainers' tool: (re)write the shipped workflows from one description.
 
-    python workflows/build_workflows.py            # API + UI files (needs ComfyUI and chromium)
-    python workflows/build_workflows.py --api-only # only *.api.json (no browser, no server)
+    python -m vap_headless.build_workflows            # API + UI files (needs ComfyUI and chromium)
+    python -m vap_headless.build_workflows --api-only # only workflows/api/*.api.json (no browser, no server)
 
 The API-format files are written straight from the graphs below. The UI-format files are made by the
 REAL frontend that the host serves: a headless Chromium opens it, loads the API graph with the frontend's
@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PACK_DIR = os.path.dirname(HERE)
+from .client import API_WORKFLOW_DIR, PACK_DIR, WORKFLOW_DIR
 
 # Official demo settings (VAP_SPEC §3, infer/wan_vap.py of bytedance/Video-As-Prompt); see workflows/README.md
 WIDTH, HEIGHT, LENGTH, FPS = 832, 480, 49, 16
@@ -241,7 +239,7 @@ def model_of(node: dict) -> dict | None:
     return next((m for m in MODELS.values() if m["name"] == name), None)
 
 
-def write_api(out_dir: str = HERE) -> list[str]:
+def write_api(out_dir: str = API_WORKFLOW_DIR) -> list[str]:
     paths = []
     for name, (make, *_) in WORKFLOWS.items():
         path = os.path.join(out_dir, f"{name}.api.json")
@@ -287,11 +285,10 @@ def add_groups(ui: dict, api: dict, groups: list, pad: int = 20, title_height: i
                              "font_size": 24, "flags": {}})
 
 
-def write_ui(comfyui: str, out_dir: str = HERE) -> list[str]:
-    sys.path.insert(0, os.path.join(PACK_DIR, "tests"))
-    import browser  # tests/browser.py
-    import comfy_headless
-    import e2e_assets
+def write_ui(comfyui: str, out_dir: str = WORKFLOW_DIR) -> list[str]:
+    from . import browser
+    from . import client as comfy_headless
+    from .demo import assets as e2e_assets
     chromium = browser.find_chromium()
     if chromium is None:
         raise SystemExit("chromium not found (apt-get install -y chromium, or set CHROMIUM)")
@@ -337,9 +334,8 @@ def main(argv=None):
     for path in write_api():
         print("wrote", os.path.relpath(path, PACK_DIR))
     if not args.api_only:
-        sys.path.insert(0, HERE)
-        import comfy_headless
-        comfyui, _ = comfy_headless.find_comfyui(args.comfyui)
+        from .client import find_comfyui
+        comfyui, _ = find_comfyui(args.comfyui)
         for path in write_ui(comfyui):
             print("wrote", os.path.relpath(path, PACK_DIR))
 

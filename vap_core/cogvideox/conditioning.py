@@ -26,11 +26,11 @@ import comfy.latent_formats
 import comfy.model_management
 import node_helpers
 
-from .cog_apply import REF_CONTEXT, REF_COUNT, REF_KEYS, REF_LATENT
-from .cog_mot import MAX_REFERENCES
-from .errors import VAPInputError
-from . import wan_conditioning
-from .wan_conditioning import check_reference_frames, check_size, fit_reference_frames
+from .apply import REF_CONTEXT, REF_COUNT, REF_KEYS, REF_LATENT
+from .mot import MAX_REFERENCES
+from ..errors import VAPInputError
+from ..wan import conditioning as wan_conditioning
+from ..wan.conditioning import check_reference_frames, check_size, fit_reference_frames
 
 TEXT_TOKENS = 226                 # max_sequence_length of the official pipeline (= ComfyUI's cogvideox T5 padding)
 LATENT_CHANNELS = 16

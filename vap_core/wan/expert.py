@@ -11,7 +11,7 @@ from torch import nn
 
 from comfy.ldm.wan.model import MLPProj, WanAttentionBlock
 
-from .errors import VAPModelMismatch
+from ..errors import VAPModelMismatch
 
 
 class WanVAPExpert(nn.Module):

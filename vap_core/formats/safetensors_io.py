@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import torch
 from safetensors import safe_open
 
-from .errors import VAPFormatError
+from ..errors import VAPFormatError
 
 DTYPE_TO_ST = {
     torch.float64: "F64",

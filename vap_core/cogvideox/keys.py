@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 
-from .key_rules import KeyRules
+from ..formats.key_rules import KeyRules
 
 _RULES = [
     (r"patch_embed\.(proj|text_proj)\.(weight|bias)", r"patch_embed.\1.\2"),

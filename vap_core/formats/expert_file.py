@@ -5,9 +5,9 @@ import json
 
 import torch
 
-from . import wan_keys
+from ..wan import keys as wan_keys
 from .checkpoint import COG, EXPERT_FORMAT, WAN, open_official, variant_of_keys
-from .errors import VAPFormatError
+from ..errors import VAPFormatError
 from .safetensors_io import LazyTensors
 
 
@@ -38,6 +38,6 @@ def read_expert(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         _, expert_map = wan_keys.split_and_map(tensors.keys())
         sd = {native: tensors.get(official) for native, official in expert_map.items()}
     elif variant == COG:
-        from . import cog_keys
+        from ..cogvideox import keys as cog_keys
         sd = {native: tensors.get(official) for native, official in cog_keys.expert_map(tensors.keys()).items()}
     return sd, expert_metadata(variant, ckpt.expert_blocks, ckpt.config)

@@ -31,8 +31,8 @@ import comfy.conds
 import comfy.latent_formats
 import comfy.utils
 
-from .errors import VAPInputError
-from .wan_apply import REF_CLIP, REF_CONTEXT, REF_KEYS, REF_LATENT
+from ..errors import VAPInputError
+from .apply import REF_CLIP, REF_CONTEXT, REF_KEYS, REF_LATENT
 
 TEXT_TOKENS = 512          # the official pipeline's max_sequence_length; its attention split relies on it
 MASK_CHANNELS = 4          # = the VAE's temporal compression

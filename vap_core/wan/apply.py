@@ -9,16 +9,15 @@ import json
 
 import torch
 
-from . import wan_mot
-from .checkpoint import WAN
-from .errors import VAPModelMismatch
-from .expert_patching import WRAPPER_KEY, ExpertWrapper, VAPExpert, attach, build_expert, schedule_fraction  # noqa: F401
-from .wan_expert import WanVAPExpert
+from . import mot as wan_mot
+from ..formats.checkpoint import WAN
+from ..conds import REF_CLIP, REF_CONTEXT, REF_LATENT
+from ..errors import VAPModelMismatch
+from ..expert.patching import WRAPPER_KEY, ExpertWrapper, VAPExpert, attach, build_expert, schedule_fraction  # noqa: F401
+from .expert import WanVAPExpert
 
-# Conditioning entries (under ``model_conds``) that carry the reference to the model.
-REF_LATENT = "vap_ref_latent"          # [B, 36, F_ref, H, W]: clean ref latents + mask + ref image condition
-REF_CONTEXT = "vap_ref_context"        # [B, 512, text_dim]: reference caption, T5 padded with zeros
-REF_CLIP = "vap_ref_clip_fea"          # [B, 257, 1280]: CLIP-H penultimate states of the ref's first frame
+# the conditioning entries that carry a Wan reference: clean ref latents + mask + ref image condition,
+# the reference caption (T5 padded with zeros), CLIP-H states of the reference's first frame
 REF_KEYS = (REF_LATENT, REF_CONTEXT, REF_CLIP)
 
 

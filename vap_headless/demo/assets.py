@@ -1,13 +1,13 @@
 """Tiny models and inputs for running the SHIPPED workflows end to end (server tests, ``run.py --demo``).
 
-Everything goes through the real loaders except the two stand-ins of ``comfy_test_nodes`` (UMT5 and CLIP
+Everything goes through the real loaders except the stand-ins of ``standin_nodes/`` (UMT5 and CLIP
 vision, which have no tiny real layout):
 
 | folder | file | made from | loaded by |
 |---|---|---|---|
 | diffusion_models | vap_test_wan21_i2v_base.safetensors | tiny official VAP checkpoint -> pack converter (base) | core UNETLoader |
 | vap | vap_test_expert.safetensors | same checkpoint -> pack converter (expert) | VAPExpertLoader |
-| vae | vap_test_wan_vae.safetensors | comfy's WanVAE class at width 8 (tests/tiny_models.py) | core VAELoader |
+| vae | vap_test_wan_vae.safetensors | comfy's WanVAE class at width 8 (tiny_vae.py) | core VAELoader |
 | text_encoders | vap_test_umt5.safetensors | comfy's UMT5 class, 1 layer, in-process SentencePiece | VAPTestTinyUMT5Loader |
 | clip_vision | vap_test_clip_vision.safetensors | comfy's CLIP vision class, 2 layers, width 1280 | VAPTestTinyCLIPVisionLoader |
 | loras | vap_test_step_lora.safetensors | rank-4 LoRA on the base's attention | core LoraLoaderModelOnly |
@@ -27,7 +27,6 @@ Weights are seeded random: every output is noise.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -35,9 +34,10 @@ import tempfile
 import numpy as np
 import torch
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-PACK_DIR = os.path.dirname(TESTS)
-TEST_NODES_DIR = os.path.join(TESTS, "comfy_test_nodes")
+from .. import client as headless_client
+
+DEMO_DIR = os.path.dirname(os.path.abspath(__file__))
+STANDIN_NODES_DIR = os.path.join(DEMO_DIR, "standin_nodes")  # loaded as a custom-node folder by demo/test servers
 
 TINY_SIZE = (64, 48, 9)  # width, height, frames: latent 8x6x3, 12 target tokens per latent frame
 
@@ -56,7 +56,7 @@ COG_MODEL_FILES = {
     "vae": "vap_test_cog_vae.safetensors",
     "text_encoders": "vap_test_t5.safetensors",
 }
-# official config values of the tiny CogVideoX-I2V VAP checkpoint (on top of cog_fixtures.DEFAULT_CONFIG), chosen
+# official config values of the tiny CogVideoX-I2V VAP checkpoint (on top of tiny_cog.DEFAULT_CONFIG), chosen
 # so that core's UNETLoader loads the converted base as it is: no learned positional table (ComfyUI's detection
 # keeps its 60x90x49 table otherwise), head dim 64 (assumed by the detection); text width = the tiny T5's
 # (filled in by cog_config_overrides); sample size = TINY_SIZE's latent (the RoPE base grid)
@@ -92,27 +92,9 @@ def import_comfy(comfyui: str) -> None:
     import comfy.model_management  # noqa: F401
 
 
-def _pack_module(name: str):
-    """``vap_core.<name>`` of this checkout (format modules: no ComfyUI import)."""
-    if PACK_DIR not in sys.path:
-        sys.path.insert(0, PACK_DIR)
-    import importlib
-    return importlib.import_module(f"vap_core.{name}")
-
-
-def headless():
-    """``workflows/comfy_headless.py`` (server + client helpers shared with the runner)."""
-    workflows = os.path.join(PACK_DIR, "workflows")
-    if workflows not in sys.path:
-        sys.path.insert(0, workflows)
-    import comfy_headless
-    return comfy_headless
-
-
 def _standins():
-    if TESTS not in sys.path:
-        sys.path.insert(0, TESTS)
-    from comfy_test_nodes import standins
+    """The stand-in builders (import ComfyUI: call after :func:`import_comfy`)."""
+    from .standin_nodes import standins
     return standins
 
 
@@ -125,21 +107,16 @@ def write_models(models_dir: str, seed: int = 0) -> dict[str, str]:
         paths[folder] = os.path.join(models_dir, folder, name)
 
     # base + expert: a tiny checkpoint in the official layout through the pack's converter
-    tiny_wan = _pack_module("tiny_wan")
-    convert = _pack_module("convert")
-    sd, config = tiny_wan.official_wan_mot_state_dict(seed=seed)
+    from vap_core import convert
+    from .official_folder import write_official_folder
+    from .tiny_wan import official_wan_mot_state_dict
+    sd, config = official_wan_mot_state_dict(seed=seed)
     with tempfile.TemporaryDirectory(prefix="vap_tiny_official_") as root:
-        official = os.path.join(root, "transformer")
-        os.makedirs(official)
-        with open(os.path.join(official, "config.json"), "w") as f:
-            json.dump(config, f)
-        save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(official, "diffusion_pytorch_model.safetensors"))
+        write_official_folder(root, sd, config)
         convert.convert(root, expert_out=paths["vap"], base_out=paths["diffusion_models"], dtype="fp16", quiet=True)
 
-    # VAE: small-width real Wan 2.1 layout (the other agent's helper)
-    if TESTS not in sys.path:
-        sys.path.insert(0, TESTS)
-    from tiny_models import make_tiny_wan_vae_state_dict
+    # VAE: small-width real Wan 2.1 layout
+    from .tiny_vae import make_tiny_wan_vae_state_dict
     save_file(make_tiny_wan_vae_state_dict(dim=8, seed=seed), paths["vae"])
 
     standins = _standins()
@@ -178,13 +155,12 @@ def write_cog_models(models_dir: str, seed: int = 0) -> dict[str, str]:
     for folder, name in COG_MODEL_FILES.items():
         os.makedirs(os.path.join(models_dir, folder), exist_ok=True)
         paths[folder] = os.path.join(models_dir, folder, name)
-    if TESTS not in sys.path:
-        sys.path.insert(0, TESTS)
-    from cog_fixtures import official_cog_mot_state_dict, write_official_folder
-    from tiny_models import make_tiny_cog_vae_state_dict
+    from vap_core import convert
+    from .official_folder import write_official_folder
+    from .tiny_cog import official_cog_mot_state_dict
+    from .tiny_vae import make_tiny_cog_vae_state_dict
 
     # base + expert: a tiny official CogVideoX-I2V MoT checkpoint through the pack's converter
-    convert = _pack_module("convert")
     sd, config = official_cog_mot_state_dict(cog_config_overrides(), seed=seed)
     with tempfile.TemporaryDirectory(prefix="vap_tiny_official_cog_") as root:
         write_official_folder(root, sd, config)
@@ -236,9 +212,8 @@ def tiny_prompt(prompt: dict, width: int | None = None, height: int | None = Non
         raise ValueError(f"variant must be 'wan' or 'cog', got {variant!r}")
     files = {**MODEL_FILES, **COG_MODEL_FILES} if variant == "cog" else MODEL_FILES
     standin_for = {**STANDIN_FOR, **COG_STANDIN_FOR} if variant == "cog" else STANDIN_FOR
-    comfy_headless = headless()
     w, h, n = TINY_SIZE
-    out = comfy_headless.resize_workflow(prompt, width or w, height or h, length or n)
+    out = headless_client.resize_workflow(prompt, width or w, height or h, length or n)
     for node in out.values():
         cls = node["class_type"]
         if cls in LOADER_INPUTS:

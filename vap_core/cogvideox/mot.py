@@ -22,8 +22,8 @@ import torch.nn.functional as F
 import comfy.ldm.common_dit
 from comfy.ldm.modules.attention import optimized_attention
 
-from .cog_expert import native_cogvideox
-from .errors import VAPInputError
+from .expert import native_cogvideox
+from ..errors import VAPInputError
 
 MAX_REFERENCES = 3
 

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .errors import VAPFormatError
+from ..errors import VAPFormatError
 from .safetensors_io import LazyTensors
 
 WAN = "wan2.1"

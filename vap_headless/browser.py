@@ -1,7 +1,7 @@
 """Headless Chromium driven over the Chrome DevTools Protocol (websocket via aiohttp, no extra package).
 
 Used to load the shipped UI-format workflows in the frontend the ComfyUI server really serves
-(tests/test_frontend_workflows.py) and to build those files (workflows/build_workflows.py).
+(tests/test_frontend_workflows.py) and to build those files (vap_headless/build_workflows.py).
 Needs Debian's ``chromium`` (``apt-get install -y chromium``) or ``CHROMIUM=/path/to/chrome``.
 """
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Official checkpoint and expert file formats; imports no ComfyUI."""
