@@ -1,4 +1,4 @@
-"""An independent plain-PyTorch statement of the official Wan MoT forward (VAP_SPEC §1), on the
+"""An independent plain-PyTorch statement of the official Wan MoT forward (docs/OFFICIAL_MODEL.md#wan-mot-forward), on the
 official (diffusers) tensor names, float64 rotary math as upstream.
 
 It shares no code with the pack. ``test_wan_reference_matches_golden`` proves it equals the official

@@ -1,5 +1,5 @@
 """VAP CogVideoX Conditioning against the real host: the target image condition and the reference inputs equal
-an independent rebuild of the official pipeline's (VAP_SPEC §4), 1 to 3 references, posterior sample or mode,
+an independent rebuild of the official pipeline's (docs/OFFICIAL_MODEL.md#cogvideox-pipeline), 1 to 3 references, posterior sample or mode,
 and clear errors."""
 import pytest
 import torch

@@ -1,5 +1,5 @@
 """Dynamic CFG guider and the sampling settings that reproduce the official CogVideoX VAP loop
-(VAP_SPEC §4.6): v-prediction, zero-terminal-SNR scaled-linear betas, 50 trailing DDIM steps, dynamic CFG."""
+(docs/OFFICIAL_MODEL.md#cogvideox-sampling): v-prediction, zero-terminal-SNR scaled-linear betas, 50 trailing DDIM steps, dynamic CFG."""
 import math
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 
 from cog_fixtures import random_inputs, ref_kwargs, run_diffusion_model, tiny_case
 
-# VAP_SPEC §4.6: g=6, N=50, trailing DDIM timesteps 999, 979, ..., 19 (official values, rounded to 2 decimals)
+# docs/OFFICIAL_MODEL.md#dynamic-cfg: g=6, N=50, trailing DDIM timesteps 999, 979, ..., 19 (official values, rounded to 2 decimals)
 FIRST = [2.29, 2.54, 6.97, 6.42, 2.79, 4.27, 1.04, 4.17]
 LAST = [6.21, 1.25, 7.0, 6.86, 1.06, 1.0, 1.0, 1.12]
 

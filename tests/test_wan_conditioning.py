@@ -1,5 +1,5 @@
 """VAP Wan Conditioning against the real host: the reference inputs equal an independent rebuild of the
-official pipeline's (VAP_SPEC §3), the target stays core WanImageToVideo, and user errors are clear."""
+official pipeline's (docs/OFFICIAL_MODEL.md#wan-pipeline), the target stays core WanImageToVideo, and user errors are clear."""
 import pytest
 import torch
 

@@ -98,7 +98,7 @@ def test_low_vram_partial_load_of_expert_matches_full_load(pack, tiny):
 
 
 def test_sampler_path_reads_reference_from_conditioning(pack, tiny):
-    """KSampler's route: conds -> model_conds -> batched cond/uncond -> wrapper (HOST_NOTES 2.3)."""
+    """KSampler's route: conds -> model_conds -> batched cond/uncond -> wrapper (docs/HOST_INTEGRATION.md#how-the-reference-reaches-the-model)."""
     import comfy.conds
     import comfy.sample
     import comfy.clip_vision

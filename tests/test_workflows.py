@@ -91,7 +91,7 @@ def test_official_demo_settings(name):
 
 
 def test_cog_official_demo_settings():
-    """infer/cog_vap.py + the pipeline defaults (VAP_SPEC §4): 720x480, 49 frames evenly selected, 50 steps,
+    """infer/cog_vap.py + the pipeline defaults (docs/OFFICIAL_MODEL.md#cogvideox-pipeline): 720x480, 49 frames evenly selected, 50 steps,
     guidance 6 with use_dynamic_cfg, the official negative for both branches, fps 16, posterior samples."""
     api = _load("cog_vap_official")
     cond = _by_title(api, "VAP CogVideoX Conditioning")["inputs"]

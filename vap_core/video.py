@@ -3,7 +3,7 @@
 No ComfyUI import here (PyAV, torch, numpy and PIL only), so this runs and is tested without a host.
 
 Official behaviour reproduced (``pipeline_wan_i2v_mot.py`` / ``pipeline_cogvideox_image2video_mot.py``,
-see VAP_SPEC §3.3-3.4 and §4.2-4.3):
+see docs/OFFICIAL_MODEL.md#reference-frame-selection-and-resize):
 
 * frame selection on the decoded clip of ``n`` frames:
   ``evenly`` ``idx = torch.linspace(0, n - 1, num_frames).long()`` (frames repeat when ``n < num_frames``),

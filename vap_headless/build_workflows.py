@@ -18,7 +18,7 @@ import os
 
 from .client import API_WORKFLOW_DIR, PACK_DIR, WORKFLOW_DIR
 
-# Official demo settings (VAP_SPEC §3, infer/wan_vap.py of bytedance/Video-As-Prompt); see workflows/README.md
+# Official demo settings (docs/OFFICIAL_MODEL.md#wan-pipeline, infer/wan_vap.py of bytedance/Video-As-Prompt); see workflows/README.md
 WIDTH, HEIGHT, LENGTH, FPS = 832, 480, 49, 16
 NEGATIVE = ("Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
             "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
@@ -132,7 +132,7 @@ def wan_vap_graph(lora: bool) -> dict:
     return g
 
 
-# CogVideoX official demo (infer/cog_vap.py, VAP_SPEC §4): 720x480, 49 frames, 50 steps, dynamic CFG 6, fps 16
+# CogVideoX official demo (infer/cog_vap.py, docs/OFFICIAL_MODEL.md#cogvideox-pipeline): 720x480, 49 frames, 50 steps, dynamic CFG 6, fps 16
 COG_WIDTH, COG_HEIGHT, COG_LENGTH, COG_FPS = 720, 480, 49, 16
 COG_SAMPLING = {"steps": 50, "cfg": 6.0, "dynamic": True, "scheduler": "simple"}
 COG_PROMPT = ("A chestnut-colored horse stands on a grassy hill against a backdrop of distant, snow-dusted mountains. "

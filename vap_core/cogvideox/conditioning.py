@@ -1,6 +1,6 @@
 """Target and reference inputs of the CogVideoX-I2V VAP model, built from ComfyUI objects (no node code here).
 
-What the official ``CogVideoXImageToVideoMOTPipeline`` prepares (VAP_SPEC §4), in ComfyUI's layout:
+What the official ``CogVideoXImageToVideoMOTPipeline`` prepares (docs/OFFICIAL_MODEL.md#cogvideox-pipeline), in ComfyUI's layout:
 
 * target image condition: the start image through the CogVideoX VAE, stored UNSCALED as core's
   ``concat_latent_image``; core ``CogVideoX.concat_cond`` multiplies by the latent format's 0.7 and zero-pads it

@@ -3,7 +3,7 @@ from a state dict, the wrapper basics (active range, no deep copies) and attachi
 
 The expert lives in its own ModelPatcher (loaded, offloaded and partially loaded by ComfyUI's memory
 manager) registered with ``set_additional_models``; the MoT forward is a ``DIFFUSION_MODEL`` wrapper.
-Neither sits in ``model_options``, so later ``clone()``s share the expert weights (HOST_NOTES 2.2).
+Neither sits in ``model_options``, so later ``clone()``s share the expert weights (docs/HOST_INTEGRATION.md#why-clones-share-the-expert).
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class ExpertWrapper:
         self.cache = {}
 
     def __deepcopy__(self, memo):
-        return self  # never duplicate the expert, whatever copies the options (HOST_NOTES 2.2)
+        return self  # never duplicate the expert, whatever copies the options (docs/HOST_INTEGRATION.md#why-clones-share-the-expert)
 
     def active(self, transformer_options) -> bool:
         if self.start <= 0.0 and self.end >= 1.0:

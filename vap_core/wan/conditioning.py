@@ -1,7 +1,7 @@
 """Reference-branch inputs of the Wan VAP model, built from ComfyUI objects (no node code here).
 
 What the official ``WanImageToVideoMOTPipeline`` feeds the MoT transformer for the reference
-(VAP_SPEC §1.2 and §3), rebuilt from a VAE, the reference frames, a caption conditioning and a
+(docs/OFFICIAL_MODEL.md#wan-mot-forward and #wan-pipeline), rebuilt from a VAE, the reference frames, a caption conditioning and a
 CLIP-vision output:
 
 * ``hidden_states_mot_ref`` [1, 36, F, H/8, W/8] = cat on channels of
