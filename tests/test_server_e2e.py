@@ -39,6 +39,27 @@ def test_pack_and_stand_ins_are_loaded(server):
     assert "Cannot import" not in server["server"].log_text()
 
 
+
+def test_workflow_templates_list_each_shipped_graph_once(server):
+    """ComfyUI lists a pack's workflows/*.json as templates (/workflow_templates) and serves the whole folder:
+    each shipped UI graph is listed once, the API twins (workflows/api/) are not listed, and the runner's code is
+    not there (only the README's entry point ``run.py``, a few lines that import vap_headless)."""
+    client = server["client"]
+    listed = client.get_json("/workflow_templates")["ComfyUI-VAP"]
+    shipped = sorted(f[:-5] for f in os.listdir(os.path.join(PACK, "workflows")) if f.endswith(".json"))
+    assert sorted(listed) == shipped and len(listed) == len(set(listed)) == 3
+    assert not [n for n in listed if n.endswith(".api")]
+    ui = client.get_json("/api/workflow_templates/ComfyUI-VAP/wan_vap_official.json")
+    assert "nodes" in ui and "links" in ui   # the drag-and-drop format
+    import urllib.error
+    for path in ("comfy_headless.py", "build_workflows.py", "batch.py"):
+        with pytest.raises(urllib.error.HTTPError):
+            client._request("GET", f"/api/workflow_templates/ComfyUI-VAP/{path}")
+    python = [f for _, _, files in os.walk(os.path.join(PACK, "workflows")) for f in files if f.endswith(".py")]
+    assert python == ["run.py"]
+    with open(os.path.join(PACK, "workflows", "run.py")) as f:
+        assert len(f.read().splitlines()) <= 12
+
 def test_official_workflow_end_to_end_progress_and_cache(server, tmp_path):
     prompt = e2e_server.tiny(server, "wan_vap_official")
     steps = prompt[SAMPLER]["inputs"]["steps"]

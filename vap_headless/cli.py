@@ -22,8 +22,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 from . import client as ch
@@ -55,7 +57,14 @@ def parse_args(argv=None):
     p.add_argument("--cpu", action="store_true", help="start ComfyUI with --cpu (implied by --demo)")
     p.add_argument("--comfy-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for ComfyUI's main.py, repeatable (e.g. --comfy-arg=--lowvram)")
-    p.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait for the result")
+    p.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait for the result (of each row)")
+    b = p.add_argument_group("batch mode (a VAP-Data benchmark.csv; docs/HEADLESS.md)")
+    b.add_argument("--csv", help="run every row of this CSV (columns video_paths, ref_video_path, tar_video_caption, "
+                                 "ref_video_caption; CogVideoX also ref_video_path_2/_3 + ref_video_caption_2/_3)")
+    b.add_argument("--data-dir", help="folder the CSV's video paths are relative to (default: the CSV's folder)")
+    b.add_argument("--output-dir", help="where the row videos and the summary go (default: vap_batch_output)")
+    b.add_argument("--side-by-side", action="store_true",
+                   help="also write [reference | target | generated] per row, as the official bench scripts do")
     p.add_argument("--keep-temp", action="store_true", help="keep the temp folder (server log, demo models)")
     return p.parse_args(argv)
 
@@ -190,10 +199,79 @@ def demo_modules():
     return assets, [(PACK_DIR, "ComfyUI-VAP"), assets.STANDIN_NODES_DIR]
 
 
+class Session:
+    """The server a run talks to: a private one started here (``--demo``, or the default) or ``--server``.
+    ``prompt`` is the workflow as it will run (the demo swaps in tiny models and sizes)."""
+
+    def __init__(self, args, prompt: dict, work: str):
+        self.args, self.prompt, self.work = args, prompt, work
+        self.server = self.client = None
+
+    def __enter__(self) -> "Session":
+        args, work = self.args, self.work
+        if args.demo:
+            comfyui, how = ch.find_comfyui(args.comfyui)
+            print(f"ComfyUI: {comfyui} ({how})", file=sys.stderr)
+            assets, node_dirs = demo_modules()
+            print("demo: writing tiny random models and inputs ...", file=sys.stderr)
+            assets.import_comfy(comfyui)
+            assets.make_base_directory(os.path.join(work, "base"), cog=assets.is_cog_prompt(self.prompt))
+            self.prompt = assets.tiny_prompt(self.prompt)
+            self.server = ch.ComfyServer(comfyui, custom_node_dirs=node_dirs, base_directory=os.path.join(work, "base"),
+                                         cpu=True, extra_args=args.comfy_arg, log_path=os.path.join(work, "server.log"))
+        elif not args.server:
+            comfyui, how = ch.find_comfyui(args.comfyui)
+            print(f"ComfyUI: {comfyui} ({how})", file=sys.stderr)
+            node_dirs = [] if ch.pack_in_custom_nodes(comfyui) else [(PACK_DIR, "ComfyUI-VAP")]
+            os.makedirs(os.path.join(work, "input"))
+            self.server = ch.ComfyServer(comfyui, custom_node_dirs=node_dirs, input_directory=os.path.join(work, "input"),
+                                         output_directory=os.path.join(work, "output"), cpu=args.cpu,
+                                         extra_args=args.comfy_arg, log_path=os.path.join(work, "server.log"))
+        if self.server is not None:
+            print(f"starting ComfyUI on {self.server.address} (log: {self.server.log_path}) ...", file=sys.stderr)
+            self.server.start()
+        address = self.server.address if self.server is not None else args.server.replace("http://", "").rstrip("/")
+        self.client = ch.ComfyClient(address)
+        return self
+
+    def __exit__(self, *exc):
+        if self.client is not None:
+            self.client.close()
+        if self.server is not None:
+            self.server.stop()
+
+
+def run_one(session: Session, prompt: dict, on_event=None) -> dict:
+    """Queue ``prompt``, wait, and return the file info of the video it saved; raises PromptError."""
+    result = session.client.run(prompt, timeout=session.args.timeout, on_event=on_event)
+    result.raise_for_status()
+    files = [f for f in result.output_files() if f["filename"].endswith((".mp4", ".webm", ".mov"))]
+    if not files:
+        raise ch.HeadlessError("the workflow finished but reported no video file.")
+    return files[-1]
+
+
+DEMO_NOTE = ("NOTE: --demo uses tiny RANDOM weights: the video is noise. It only shows that the VAP graph runs end to end "
+             "here (loaders, expert, conditioning, sampler, decode, save).")
+
+
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # a scheduler's or a test's SIGTERM ends a run as Ctrl-C does (server stopped, no partial file)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    prompt = ch.load_api_workflow(args.workflow)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        prompt = ch.load_api_workflow(args.workflow)
+    except ch.HeadlessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     workflow_name = os.path.splitext(os.path.basename(args.workflow))[0].replace(".api", "")
+    if args.csv:
+        from .batch import main as batch_main
+        return batch_main(args, prompt, workflow_name)
     output = os.path.abspath(args.output or ("vap_demo_noise.mp4" if args.demo else "vap_output.mp4"))
     if not args.demo and not args.server:
         missing = [f for f in ("image", "reference_video") if getattr(args, f) is None]
@@ -206,64 +284,30 @@ def main(argv=None) -> int:
             return 2
 
     work = tempfile.mkdtemp(prefix="vap_run_")
-    server = client = None
     try:
-        if args.demo:
-            comfyui, how = ch.find_comfyui(args.comfyui)
-            print(f"ComfyUI: {comfyui} ({how})", file=sys.stderr)
-            e2e_assets, node_dirs = demo_modules()
-            print("demo: writing tiny random models and inputs ...", file=sys.stderr)
-            e2e_assets.import_comfy(comfyui)
-            e2e_assets.make_base_directory(os.path.join(work, "base"), cog=e2e_assets.is_cog_prompt(prompt))
-            prompt = e2e_assets.tiny_prompt(prompt)
-            server = ch.ComfyServer(comfyui, custom_node_dirs=node_dirs, base_directory=os.path.join(work, "base"),
-                                    cpu=True, extra_args=args.comfy_arg, log_path=os.path.join(work, "server.log"))
-        elif not args.server:
-            comfyui, how = ch.find_comfyui(args.comfyui)
-            print(f"ComfyUI: {comfyui} ({how})", file=sys.stderr)
-            node_dirs = [] if ch.pack_in_custom_nodes(comfyui) else [(PACK_DIR, "ComfyUI-VAP")]
-            server = ch.ComfyServer(comfyui, custom_node_dirs=node_dirs, input_directory=os.path.join(work, "input"),
-                                    output_directory=os.path.join(work, "output"), cpu=args.cpu,
-                                    extra_args=args.comfy_arg, log_path=os.path.join(work, "server.log"))
-            os.makedirs(os.path.join(work, "input"))
-        if server is not None:
-            print(f"starting ComfyUI on {server.address} (log: {server.log_path}) ...", file=sys.stderr)
-            server.start()
-        address = server.address if server is not None else args.server.replace("http://", "").rstrip("/")
-        client = ch.ComfyClient(address)
-
-        apply_overrides(prompt, args)
-        image = client.upload(args.image) if args.image else None
-        video = client.upload(args.reference_video) if args.reference_video else None
-        set_inputs(prompt, image, video)
-        if not args.demo:
-            check_models(client, prompt, workflow_name)
-
-        progress = Progress(prompt)
-        try:
-            result = client.run(prompt, timeout=args.timeout, on_event=progress)
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping the run ...", file=sys.stderr)
-            client.interrupt()
-            return 130
-        result.raise_for_status()
-        files = [f for f in result.output_files() if f["filename"].endswith((".mp4", ".webm", ".mov"))]
-        if not files:
-            raise ch.HeadlessError("the workflow finished but reported no video file.")
-        client.download(files[-1], output)
-        print(output)
-        if args.demo:
-            print("NOTE: --demo uses tiny RANDOM weights: this video is noise. It only shows that the VAP graph runs "
-                  "end to end here (loaders, expert, conditioning, sampler, decode, save).", file=sys.stderr)
-        return 0
+        with Session(args, prompt, work) as session:
+            prompt, client = session.prompt, session.client
+            apply_overrides(prompt, args)
+            image = client.upload(args.image) if args.image else None
+            video = client.upload(args.reference_video) if args.reference_video else None
+            set_inputs(prompt, image, video)
+            if not args.demo:
+                check_models(client, prompt, workflow_name)
+            try:
+                video_file = run_one(session, prompt, on_event=Progress(prompt))
+            except KeyboardInterrupt:
+                print("\ninterrupted: stopping the run ...", file=sys.stderr)
+                client.interrupt()
+                return 130
+            client.download(video_file, output)
+            print(output)
+            if args.demo:
+                print(DEMO_NOTE, file=sys.stderr)
+            return 0
     except ch.HeadlessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        if client is not None:
-            client.close()
-        if server is not None:
-            server.stop()
         if args.keep_temp:
             print(f"temp folder kept: {work}", file=sys.stderr)
         else:
