@@ -215,3 +215,24 @@ def test_chaining_two_conditioning_nodes_is_refused(pack, vae, inputs):
     positive, negative, _ = _run(pack, vae, inputs, latent_mode="mode")
     message = _error(pack, vae, inputs, positive=positive, negative=negative)
     assert "already carries a VAP reference" in message and "up to 3" in message
+
+
+def test_long_target_prompts_are_cut_to_226_tokens_before_sampling(pack, vae, inputs, caplog):
+    """The official pipeline truncates the prompt and the negative prompt at 226 tokens; a longer target prompt
+    must not reach the model (its joint attention splits text from video at 226 per stream)."""
+    long_positive, long_negative = _text(60, tokens=700), _text(61, tokens=300)
+    with caplog.at_level("WARNING"):
+        positive, negative, _ = _run(pack, vae, inputs, latent_mode="mode", positive=long_positive,
+                                     negative=long_negative)
+    assert torch.equal(positive[0][0], long_positive[0][0][:, :TOKENS])
+    assert torch.equal(negative[0][0], long_negative[0][0][:, :TOKENS])
+    assert "the prompt has 700 tokens" in caplog.text and "the negative prompt has 300 tokens" in caplog.text
+    # prompts already at 226 pass through as they are
+    positive, _, _ = _run(pack, vae, inputs, latent_mode="mode")
+    assert torch.equal(positive[0][0], inputs["positive"][0][0])
+
+
+def test_short_target_prompt_is_refused_in_the_node(pack, vae, inputs):
+    from comfyui_vap.vap_core.errors import VAPInputError
+    with pytest.raises(VAPInputError, match="the negative prompt has 77 text tokens.*type 'cogvideox'"):
+        _run(pack, vae, inputs, negative=_text(62, tokens=77))

@@ -199,3 +199,20 @@ def test_runner_demo_command(tmp_path):
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     assert (len(frames), stream.width, stream.height) == (N, W, H)
+
+
+LONG_PROMPT = " ".join(f"subject{i} dances" for i in range(700))  # far past 512 tokens for any T5 tokenizer
+
+
+@pytest.mark.parametrize("name", ["wan_vap_official", "wan_vap_lora_upscale"])
+def test_long_prompt_is_truncated_like_the_official_and_runs(server, name, tmp_path):
+    prompt = e2e_server.tiny(server, name)
+    prompt[SAMPLER]["inputs"]["steps"] = 2
+    for title in ("Prompt", "Negative prompt"):
+        # per workflow, so ComfyUI's cache cannot serve the encodes (and their warnings) from the other run
+        prompt[server["ch"].node_by_title(prompt, title)]["inputs"]["text"] = f"{name}: {LONG_PROMPT}"
+    log_start = len(server["server"].log_text())
+    result = e2e_server.run_ok(server, prompt)
+    assert e2e_server.video(server, result, tmp_path)["frames"].shape[0] == N
+    log = server["server"].log_text()[log_start:]
+    assert "VAP: the prompt has" in log and "VAP: the negative prompt has" in log and "using the first 512" in log

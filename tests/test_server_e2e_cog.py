@@ -90,3 +90,17 @@ def test_bad_input_fails_clearly(server, case):
     assert result.error["exception_type"].endswith("VAPInputError")
     for word in words:
         assert word in result.error["exception_message"], result.error["exception_message"]
+
+
+def test_long_prompt_is_truncated_like_the_official_and_runs(server, tmp_path):
+    """A target prompt past 226 tokens used to fail mid-sampling; the official pipeline truncates it."""
+    prompt = e2e_server.tiny(server, WORKFLOW)
+    long_prompt = " ".join(f"subject{i} dances" for i in range(700))
+    for title in ("Prompt", "Negative prompt"):
+        prompt[server["ch"].node_by_title(prompt, title)]["inputs"]["text"] = long_prompt
+    prompt[server["ch"].nodes_of(prompt, "BasicScheduler")[0]]["inputs"]["steps"] = 2
+    log_start = len(server["server"].log_text())
+    result = e2e_server.run_ok(server, prompt)
+    _check_video(server, result, tmp_path)
+    log = server["server"].log_text()[log_start:]
+    assert "VAP: the prompt has" in log and "VAP: the negative prompt has" in log and "first 226" in log

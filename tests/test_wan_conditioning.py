@@ -281,3 +281,13 @@ def test_schema_and_registration(pack):
     defaults = {i.id: i.default for i in schema.inputs if hasattr(i, "default")}
     assert (defaults["width"], defaults["height"], defaults["length"]) == (832, 480, 49)
     assert node in pack.nodes.NODE_LIST
+
+
+def test_long_target_prompts_are_cut_to_512_tokens(pack, vae, inputs, caplog):
+    """As the official pipeline (max_sequence_length 512) does for the prompt and the negative prompt."""
+    long_positive, long_negative = _text(70, valid=600, tokens=700), _text(71, valid=520, tokens=600)
+    with caplog.at_level("WARNING"):
+        positive, negative, _ = _run(pack, vae, inputs, positive=long_positive, negative=long_negative)
+    assert torch.equal(positive[0][0], long_positive[0][0][:, :512])
+    assert torch.equal(negative[0][0], long_negative[0][0][:, :512])
+    assert "the prompt has 700 tokens" in caplog.text and "the negative prompt has 600 tokens" in caplog.text

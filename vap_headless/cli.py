@@ -251,7 +251,7 @@ def run_one(session: Session, prompt: dict, on_event=None) -> dict:
     return files[-1]
 
 
-DEMO_NOTE = ("NOTE: --demo uses tiny RANDOM weights: the video is noise. It only shows that the VAP graph runs end to end "
+DEMO_NOTE = ("NOTE: --demo uses tiny RANDOM weights: this video is noise. It only shows that the VAP graph runs end to end "
              "here (loaders, expert, conditioning, sampler, decode, save).")
 
 

@@ -67,6 +67,13 @@ def caption_states(conditioning, name: str) -> torch.Tensor:
 
 def fit_caption(states: torch.Tensor, name: str) -> torch.Tensor:
     """T5 states [1, L, D] as the model takes them: exactly 226 tokens (longer ones cut, with a warning)."""
+    return fit_text_states(states, name)[:1]
+
+
+def fit_text_states(states: torch.Tensor, name: str) -> torch.Tensor:
+    """T5 states [B, L, D] cut to the official 226 tokens (with a warning), for a caption or the target prompts:
+    the model's joint attention splits text from video at 226 tokens per stream, so a longer prompt must not
+    reach sampling (the official pipeline truncates at ``max_sequence_length`` 226)."""
     if states.ndim == 2:
         states = states.unsqueeze(0)
     length = states.shape[1]
@@ -78,7 +85,12 @@ def fit_caption(states: torch.Tensor, name: str) -> torch.Tensor:
         logging.warning("VAP: %s has %d tokens; CogVideoX uses the first %d (the official pipeline truncates the "
                         "caption to %d tokens before encoding, so the kept states differ slightly).",
                         name, length, TEXT_TOKENS, TEXT_TOKENS)
-    return states[:1, :TEXT_TOKENS]
+    return states[:, :TEXT_TOKENS]
+
+
+def fit_target(conditioning, name: str):
+    """``conditioning`` with every entry's states at 226 tokens (shallow copies; long prompts cut, warned)."""
+    return [[fit_text_states(states, name), d] for states, d in conditioning]
 
 
 def references(reference_frames, ref_positive, extra: list[tuple]) -> list[tuple]:
@@ -107,6 +119,10 @@ def validate(positive, negative, vae, width, height, length, start_image, refs, 
         raise VAPInputError(f"latent_mode must be one of {LATENT_MODES}, got {latent_mode!r}.")
     check_no_reference(positive, "positive")
     check_no_reference(negative, "negative")
+    for conditioning, name in ((positive, "the prompt (positive)"), (negative, "the negative prompt")):
+        for states, _ in conditioning:
+            if (states.shape[-2] if states.ndim == 3 else states.shape[0]) < TEXT_TOKENS:
+                fit_text_states(states, name)  # raises with the fix (the T5 'cogvideox' text encoder)
     for frames, caption, label in refs:
         check_reference_frames(frames, length)
         caption_states(caption, f"the caption of {label}")
@@ -209,8 +225,9 @@ def condition(positive, negative, vae, width, height, length, batch_size, start_
                             for frames, _, _ in refs], dim=2)
     n = len(refs)
     pos_context = torch.cat([caption_states(caption, f"the caption of {label}") for _, caption, label in refs], dim=1)
-    positive = attach(positive, image_latent, ref_latent, n, lambda states: pos_context)
-    negative = attach(negative, image_latent, ref_latent, n, negative_reference_context(ref_negative, n))
+    positive = attach(fit_target(positive, "the prompt"), image_latent, ref_latent, n, lambda states: pos_context)
+    negative = attach(fit_target(negative, "the negative prompt"), image_latent, ref_latent, n,
+                      negative_reference_context(ref_negative, n))
     latent_frames = (length - 1) // 4 + 1
     samples = torch.zeros([batch_size, LATENT_CHANNELS, latent_frames, height // 8, width // 8],
                           device=comfy.model_management.intermediate_device())

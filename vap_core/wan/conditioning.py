@@ -138,6 +138,21 @@ def pad_text_states(states: torch.Tensor, tokens: int = TEXT_TOKENS) -> torch.Te
     return states
 
 
+def fit_target(conditioning, name: str):
+    """``conditioning`` with every entry's T5 states cut to the official 512 tokens (a warning says so): the
+    official pipeline truncates both prompts at ``max_sequence_length`` 512, and the expert blocks' text split
+    relies on it. Shorter states are left as they are (the base pads to 512 itself). Shallow copies."""
+    out = []
+    for states, d in conditioning:
+        if states.shape[-2] > TEXT_TOKENS:
+            logging.warning("VAP: %s has %d tokens; using the first %d like the official pipeline (which "
+                            "truncates the prompt to %d tokens before encoding).", name, states.shape[-2],
+                            TEXT_TOKENS, TEXT_TOKENS)
+            states = states[..., :TEXT_TOKENS, :]
+        out.append([states, d])
+    return out
+
+
 def first_frame_mask(latent_frames: int, height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """[1, 4, F, h, w]: ones on latent frame 0, zeros elsewhere (official mask, 1 = conditioned)."""
     mask = torch.zeros((1, MASK_CHANNELS, latent_frames, height, width), dtype=dtype, device=device)
@@ -220,8 +235,8 @@ def add_wan_reference(positive, negative, ref_positive, vae, reference_frames, c
         neg_for = lambda states: neg_context  # noqa: E731
     else:
         neg_for = pad_text_states
-    positive = attach_reference(positive, ref_latent, ref_clip, lambda states: pos_context)
-    negative = attach_reference(negative, ref_latent, ref_clip, neg_for)
+    positive = attach_reference(fit_target(positive, "the prompt"), ref_latent, ref_clip, lambda states: pos_context)
+    negative = attach_reference(fit_target(negative, "the negative prompt"), ref_latent, ref_clip, neg_for)
     return positive, negative
 
 
