@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -25,7 +26,7 @@ from . import client as ch
 
 TARGET_VIDEO, REF_VIDEO, PROMPT, REF_PROMPT = "video_paths", "ref_video_path", "tar_video_caption", "ref_video_caption"
 MAX_REFERENCES = 3           # the CogVideoX node takes references 1-3 (``reference_frames_2`` ...)
-SUMMARY_FIELDS = ("row", "status", "seconds", "output", "side_by_side", "error")
+SUMMARY_FIELDS = ("row", "status", "seconds", "output", "side_by_side", "error", "server")
 
 
 class RowError(Exception):
@@ -49,6 +50,7 @@ class RowResult:
     output: str = ""
     side_by_side: str = ""
     error: str = ""
+    server: str = ""                              # the server that produced it, or was running it when it failed
 
 
 # ------------------------------------------------------------------------------------------ reading rows
@@ -193,8 +195,9 @@ def row_prompt(prompt: dict, row: Row, image: str, references: list[str], prefix
     set_text(out, TITLE_PROMPT, row.prompt)
     set_text(out, TITLE_REF_PROMPT, row.references[0][1])
     set_inputs(out, image, references[0])
-    for node in ch.nodes_of(out, "SaveVideo"):
-        out[node]["inputs"]["filename_prefix"] = prefix
+    for node in out.values():  # SaveVideo, and any other saver the workflow has (SaveLatent, SaveImage...)
+        if "filename_prefix" in node.get("inputs", {}):
+            node["inputs"]["filename_prefix"] = prefix
     if len(references) > 1:
         conditioning = ch.nodes_of(out, "VAPCogConditioning")
         if not conditioning:
@@ -243,12 +246,22 @@ class BatchProgress:
         self.stream.flush()
 
 
-class RowRunner:
-    """Runs rows on one server (a cli.Session): upload, queue, wait, download, side-by-side."""
+class ServerFault(Exception):
+    """The server failed, not the row (it died, stopped answering, ran out of memory): the row goes to another."""
 
-    def __init__(self, session, prompt: dict, args, output_dir: str, work: str):
-        self.session, self.prompt, self.args = session, prompt, args
+
+# execution errors blamed on the server rather than on the row's inputs
+SERVER_FAULT_TYPES = ("OutOfMemory", "CUDA", "AcceleratorError")
+
+
+class RowRunner:
+    """Runs rows on one server: upload, queue, wait, download, side-by-side. ``server`` is the ComfyServer
+    when it was started here (its process tells whether it is still alive)."""
+
+    def __init__(self, args, prompt: dict, client, output_dir: str, work: str, server=None, name: str | None = None):
+        self.args, self.prompt, self.client, self.server = args, prompt, client, server
         self.output_dir, self.work = output_dir, work
+        self.name = name or client.address
 
     def outputs(self, row: Row) -> tuple[str, str | None]:
         base = os.path.join(self.output_dir, f"row_{row.index:04d}")
@@ -258,30 +271,158 @@ class RowRunner:
         video, sbs = self.outputs(row)
         return is_complete(video) and (sbs is None or is_complete(sbs))
 
+    def healthy(self) -> bool:
+        if self.server is not None and not self.server.alive():
+            return False
+        try:
+            self.client.get_json("/system_stats")
+            return True
+        except (OSError, ValueError):
+            return False
+
     def run(self, row: Row, on_event=None) -> RowResult:
-        from .cli import apply_overrides, run_one
+        """The row's video (and side-by-side); raises RowError (the row's fault) or ServerFault."""
         started = time.monotonic()
-        video, sbs = self.outputs(row)
         if row.problem:
             raise RowError(row.problem)
         for path, _ in row.references:
             check_video(path)
         image = write_start_image(row.target_video, os.path.join(self.work, f"row_{row.index:04d}_start.png"))
-        client = self.session.client
+        try:
+            file_info = self._generate(row, image, on_event)
+            video, sbs = self.outputs(row)
+            tmp = self.client.download(file_info, _partial(video))
+        except ch.PromptError:
+            raise
+        except (ch.HeadlessError, OSError, TimeoutError) as e:
+            raise ServerFault(f"{type(e).__name__}: {e}") from None
+        os.replace(tmp, video)
+        if sbs is not None:
+            side_by_side(row.references[0][0], row.target_video, video, sbs)
+        return RowResult(row.index, "done", time.monotonic() - started, video, sbs or "", server=self.name)
+
+    def _generate(self, row: Row, image: str, on_event) -> dict:
+        from .cli import apply_overrides
+        client = self.client
         uploaded_image = client.upload(image)
         uploaded_refs = [client.upload(path) for path, _ in row.references]
         prompt = row_prompt(self.prompt, row, uploaded_image, uploaded_refs, f"vap_batch/row_{row.index:04d}")
         apply_overrides(prompt, self.args)
         try:
-            file_info = run_one(self.session, prompt, on_event=on_event)
+            result = client.run(prompt, timeout=self.args.timeout, on_event=on_event)
         except ch.PromptError as e:
-            raise RowError(str(e)) from None   # the graph refused or failed this row's inputs
-        if not is_complete(video):
-            client.download(file_info, _partial(video))
-            os.replace(_partial(video), video)
-        if sbs is not None:
-            side_by_side(row.references[0][0], row.target_video, video, sbs)
-        return RowResult(row.index, "done", time.monotonic() - started, video, sbs or "")
+            raise RowError(str(e)) from None          # the server refused this row's graph
+        if result.status == "error":
+            message = ch.describe_execution_error(result.error)
+            if any(t in str((result.error or {}).get("exception_type", "")) for t in SERVER_FAULT_TYPES):
+                raise ServerFault(message)
+            raise RowError(message)                   # a node failed on this row's inputs
+        if result.status != "success":
+            raise ServerFault(f"the run ended as {result.status!r} (interrupted on the server?)")
+        files = [f for f in result.output_files() if f["filename"].endswith((".mp4", ".webm", ".mov"))]
+        if not files:
+            raise RowError("the workflow finished but reported no video file")
+        return files[-1]
+
+
+class Scheduler:
+    """A work queue over the servers: each takes the next row when free. A server fault puts the row back (for
+    another server when one is left); a server that fails twice, or no longer answers, is dropped; a row's own
+    error is recorded once. Rows still queued when no server is left end as ``left``."""
+
+    MAX_ATTEMPTS = 3  # server faults one row may meet before it is given up (its error says so)
+
+    def __init__(self, rows: list[Row], runners: list[RowRunner], progress: BatchProgress, results: list[RowResult],
+                 stream=sys.stderr):
+        self.queue, self.runners, self.progress, self.results = list(rows), list(runners), progress, results
+        self.stream = stream
+        self.live = {r.name for r in runners}
+        self.in_flight = 0
+        self.stopped = False
+        self.faults: dict[int, list[str]] = {}      # row -> servers it failed on
+        self.cond = threading.Condition()
+
+    def say(self, text: str) -> None:
+        with self.cond:
+            self.stream.write(f"[batch] {text}\n")
+            self.stream.flush()
+
+    def _take(self, runner: RowRunner) -> Row | None:
+        with self.cond:
+            while not self.stopped:
+                others = self.live - {runner.name}
+                for i, row in enumerate(self.queue):
+                    if runner.name not in self.faults.get(row.index, ()) or not others:
+                        self.in_flight += 1
+                        return self.queue.pop(i)
+                if not self.queue and self.in_flight == 0:
+                    return None
+                self.cond.wait(0.5)  # a row in flight elsewhere may come back
+            return None
+
+    def _finish(self, result: RowResult | None = None, row: Row | None = None) -> None:
+        with self.cond:
+            self.in_flight -= 1
+            if row is not None:
+                self.queue.insert(0, row)
+            else:
+                self.results.append(result)
+                self.progress.update(result)
+            self.cond.notify_all()
+
+    def work(self, runner: RowRunner) -> None:
+        from .cli import Progress
+        failures = 0
+        prefix = f"[{runner.name}] " if len(self.runners) > 1 else ""
+        while (row := self._take(runner)) is not None:
+            started = time.monotonic()
+            try:
+                if not row.problem and runner.done_already(row):
+                    video, sbs = runner.outputs(row)
+                    self._finish(RowResult(row.index, "skipped", output=video, side_by_side=sbs or ""))
+                    continue
+                self.say(f"row {row.index} -> {runner.name}")
+                self._finish(runner.run(row, on_event=Progress(runner.prompt, prefix=prefix)))
+            except RowError as e:
+                self._finish(RowResult(row.index, "failed", time.monotonic() - started, error=str(e),
+                                       server=runner.name))
+            except ServerFault as e:
+                failures += 1
+                tried = self.faults.setdefault(row.index, [])
+                tried.append(runner.name)
+                if len(tried) >= self.MAX_ATTEMPTS:
+                    self._finish(RowResult(row.index, "failed", time.monotonic() - started, server=runner.name,
+                                           error=f"server failures on {', '.join(tried)}; last: {e}"))
+                else:
+                    self.say(f"row {row.index}: server {runner.name} failed ({e}); the row goes back in the queue")
+                    self._finish(row=row)
+                if failures >= 2 or not runner.healthy():
+                    self.say(f"server {runner.name} dropped: it failed {failures} time(s)"
+                             + ("" if runner.healthy() else " and no longer answers"))
+                    break
+            except Exception as e:  # a bug of ours on this row: say so on the row, go on with the others
+                self._finish(RowResult(row.index, "failed", time.monotonic() - started, server=runner.name,
+                                       error=f"unexpected {type(e).__name__}: {e}"))
+        with self.cond:
+            self.live.discard(runner.name)
+            self.cond.notify_all()
+
+    def run(self) -> list[Row]:
+        """Run every row; returns the rows left when no server remained."""
+        threads = [threading.Thread(target=self.work, args=(r,), daemon=True, name=f"vap-batch-{r.name}")
+                   for r in self.runners]
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(0.2)  # short joins: Ctrl-C / SIGTERM reach the main thread
+        except KeyboardInterrupt:
+            with self.cond:
+                self.stopped = True
+                self.cond.notify_all()
+            raise
+        return list(self.queue)
 
 
 def write_summary(output_dir: str, results: list[RowResult]) -> tuple[str, str]:
@@ -300,32 +441,18 @@ def write_summary(output_dir: str, results: list[RowResult]) -> tuple[str, str]:
     return csv_path, json_path
 
 
-def run_rows(rows: list[Row], runner: RowRunner, progress: BatchProgress, results: list[RowResult]) -> None:
-    """Each row once, in order, into ``results``: finished rows are skipped, a row's own error is recorded and
-    the run goes on."""
-    from .cli import Progress
-    for row in rows:
-        if not row.problem and runner.done_already(row):
-            video, sbs = runner.outputs(row)
-            result = RowResult(row.index, "skipped", output=video, side_by_side=sbs or "")
-        else:
-            started = time.monotonic()
-            try:
-                result = runner.run(row, on_event=Progress(runner.prompt))
-            except RowError as e:
-                result = RowResult(row.index, "failed", time.monotonic() - started, error=str(e))
-        results.append(result)
-        progress.update(result)
-
-
 def main(args, prompt: dict, workflow_name: str) -> int:
-    """``run.py --csv``: exit 0 when every row has its video, 1 when a row failed, 2 for unusable arguments."""
+    """``run.py --csv``: exit 0 when every row has its video, 1 when a row failed or was left, 2 for unusable
+    arguments, 130 when interrupted."""
     from .cli import DEMO_NOTE, Session
     given = [f"--{name.replace('_', '-')}" for name in ("image", "reference_video", "prompt", "reference_prompt", "output")
              if getattr(args, name) is not None]
     if given:
         print(f"error: {', '.join(given)} cannot be combined with --csv (each row brings its own; use --output-dir)",
               file=sys.stderr)
+        return 2
+    if args.server and args.launch:
+        print("error: give --server (running servers) or --launch N (servers started here), not both", file=sys.stderr)
         return 2
     if not os.path.isfile(args.csv):
         print(f"error: {args.csv} not found", file=sys.stderr)
@@ -342,17 +469,28 @@ def main(args, prompt: dict, workflow_name: str) -> int:
             os.remove(os.path.join(output_dir, name))
     print(f"batch: {len(rows)} row(s) from {args.csv} -> {output_dir}", file=sys.stderr)
     results: list[RowResult] = []
+    left: list[Row] = []
     work = tempfile.mkdtemp(prefix="vap_batch_")
     try:
         with Session(args, prompt, work) as session:
             if not args.demo:
                 from .cli import check_models
-                check_models(session.client, session.prompt, workflow_name)
-            runner = RowRunner(session, session.prompt, args, output_dir, work)
+                for client in session.clients:
+                    check_models(client, session.prompt, workflow_name)
+            servers = session.servers or [None] * len(session.clients)
+            runners = [RowRunner(args, session.prompt, client, output_dir, work, server=server)
+                       for client, server in zip(session.clients, servers)]
+            if len(runners) > 1:
+                print(f"batch: {len(runners)} servers: {', '.join(r.name for r in runners)}", file=sys.stderr)
+            scheduler = Scheduler(rows, runners, BatchProgress(len(rows)), results)
             try:
-                run_rows(rows, runner, BatchProgress(len(rows)), results)
+                left = scheduler.run()
             except KeyboardInterrupt:
-                session.client.interrupt()  # a --server keeps running: stop this row's work there
+                for client in session.clients:  # a --server keeps running: stop this batch's work there
+                    try:
+                        client.interrupt()
+                    except OSError:
+                        pass
                 raise
     except KeyboardInterrupt:
         print("\ninterrupted: rows not finished keep no output; rerun the same command to resume.", file=sys.stderr)
@@ -361,13 +499,16 @@ def main(args, prompt: dict, workflow_name: str) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
+        results += [RowResult(row.index, "left", error="no server left to run it") for row in left]
         if results:
             csv_path, _ = write_summary(output_dir, results)
             print(f"summary: {csv_path}", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
-    failed = [r for r in results if r.status == "failed"]
-    for r in failed:
-        print(f"row {r.row} failed: {r.error}", file=sys.stderr)
+    failed = [r for r in results if r.status in ("failed", "left")]
+    for r in sorted(failed, key=lambda r: r.row):
+        print(f"row {r.row} {r.status}: {r.error}", file=sys.stderr)
+    if left:
+        print(f"error: every server failed; {len(left)} row(s) left (rerun to resume)", file=sys.stderr)
     if args.demo:
         print(DEMO_NOTE, file=sys.stderr)
     return 1 if failed else 0

@@ -53,7 +53,11 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, help="sampler steps (default: the workflow's)")
     p.add_argument("--output", help="mp4 to write (default: vap_output.mp4, or vap_demo_noise.mp4 with --demo)")
     p.add_argument("--comfyui", help="ComfyUI checkout to start (default: COMFYUI_PATH, custom_nodes parent, ~/ComfyUI)")
-    p.add_argument("--server", help="use a running ComfyUI at HOST:PORT instead of starting one")
+    p.add_argument("--server", action="append", metavar="HOST:PORT",
+                   help="use a running ComfyUI instead of starting one; repeat it to spread a --csv batch over servers")
+    p.add_argument("--launch", type=int, metavar="N",
+                   help="start N private servers (a --csv batch spreads its rows over them; default 1)")
+    p.add_argument("--gpus", metavar="LIST", help="with --launch: one CUDA device per server, e.g. 0,1")
     p.add_argument("--cpu", action="store_true", help="start ComfyUI with --cpu (implied by --demo)")
     p.add_argument("--comfy-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for ComfyUI's main.py, repeatable (e.g. --comfy-arg=--lowvram)")
@@ -153,12 +157,13 @@ def check_models(client: ch.ComfyClient, prompt: dict, workflow: str) -> None:
 class Progress:
     """One line per node, with a bar for nodes that report steps (KSampler, VAE decode...)."""
 
-    def __init__(self, prompt: dict, stream=sys.stderr):
+    def __init__(self, prompt: dict, stream=sys.stderr, prefix: str = ""):
         self.prompt = prompt
         self.stream = stream
         self.current = None
         self.started = time.monotonic()
-        self.tty = stream.isatty()
+        self.prefix = prefix          # several servers print side by side: each line says whose it is
+        self.tty = stream.isatty() and not prefix
 
     def _title(self, node):
         n = self.prompt.get(node, {})
@@ -175,7 +180,7 @@ class Progress:
             value, total = int(data.get("value", 0)), max(1, int(data.get("max", 1)))
             width = 30
             done = width * value // total
-            text = f"  [{'#' * done}{'.' * (width - done)}] {value}/{total} {self._title(data.get('node'))}"
+            text = f"{self.prefix}  [{'#' * done}{'.' * (width - done)}] {value}/{total} {self._title(data.get('node'))}"
             if self.tty:
                 self.stream.write("\r" + text)
                 if value >= total:
@@ -187,7 +192,7 @@ class Progress:
             self._line(f"done in {time.monotonic() - self.started:.1f} s")
 
     def _line(self, text):
-        self.stream.write(f"[{time.monotonic() - self.started:7.1f}s] {text}\n")
+        self.stream.write(f"{self.prefix}[{time.monotonic() - self.started:7.1f}s] {text}\n")
         self.stream.flush()
 
 
@@ -200,45 +205,70 @@ def demo_modules():
 
 
 class Session:
-    """The server a run talks to: a private one started here (``--demo``, or the default) or ``--server``.
-    ``prompt`` is the workflow as it will run (the demo swaps in tiny models and sizes)."""
+    """The servers a run talks to: private ones started here (the default, ``--demo``; ``--launch N`` of them, each
+    on its own ``--cuda-device`` with ``--gpus``) or running ones (``--server HOST:PORT``, repeatable). ``prompt``
+    is the workflow as it will run (``--demo`` swaps in tiny models and sizes). ``client`` is the first server's."""
 
     def __init__(self, args, prompt: dict, work: str):
         self.args, self.prompt, self.work = args, prompt, work
-        self.server = self.client = None
+        self.servers: list[ch.ComfyServer] = []
+        self.clients: list[ch.ComfyClient] = []
 
-    def __enter__(self) -> "Session":
+    @property
+    def client(self) -> ch.ComfyClient:
+        return self.clients[0]
+
+    def _private_servers(self) -> list[ch.ComfyServer]:
         args, work = self.args, self.work
+        comfyui, how = ch.find_comfyui(args.comfyui)
+        print(f"ComfyUI: {comfyui} ({how})", file=sys.stderr)
+        count = max(1, args.launch or 1)
+        gpus = [g.strip() for g in (args.gpus or "").split(",") if g.strip()]
+        if gpus and len(gpus) < count:
+            raise ch.HeadlessError(f"--gpus names {len(gpus)} device(s) for --launch {count}: name one per server.")
+        common = {"extra_args": list(args.comfy_arg)}
         if args.demo:
-            comfyui, how = ch.find_comfyui(args.comfyui)
-            print(f"ComfyUI: {comfyui} ({how})", file=sys.stderr)
             assets, node_dirs = demo_modules()
             print("demo: writing tiny random models and inputs ...", file=sys.stderr)
             assets.import_comfy(comfyui)
-            assets.make_base_directory(os.path.join(work, "base"), cog=assets.is_cog_prompt(self.prompt))
-            self.prompt = assets.tiny_prompt(self.prompt)
-            self.server = ch.ComfyServer(comfyui, custom_node_dirs=node_dirs, base_directory=os.path.join(work, "base"),
-                                         cpu=True, extra_args=args.comfy_arg, log_path=os.path.join(work, "server.log"))
-        elif not args.server:
-            comfyui, how = ch.find_comfyui(args.comfyui)
-            print(f"ComfyUI: {comfyui} ({how})", file=sys.stderr)
+            base = os.path.join(work, "base")
+            assets.make_base_directory(base, cog=assets.is_cog_prompt(self.prompt))
+            common.update(custom_node_dirs=node_dirs, base_directory=base, cpu=True)
+        else:
             node_dirs = [] if ch.pack_in_custom_nodes(comfyui) else [(PACK_DIR, "ComfyUI-VAP")]
-            os.makedirs(os.path.join(work, "input"))
-            self.server = ch.ComfyServer(comfyui, custom_node_dirs=node_dirs, input_directory=os.path.join(work, "input"),
-                                         output_directory=os.path.join(work, "output"), cpu=args.cpu,
-                                         extra_args=args.comfy_arg, log_path=os.path.join(work, "server.log"))
-        if self.server is not None:
-            print(f"starting ComfyUI on {self.server.address} (log: {self.server.log_path}) ...", file=sys.stderr)
-            self.server.start()
-        address = self.server.address if self.server is not None else args.server.replace("http://", "").rstrip("/")
-        self.client = ch.ComfyClient(address)
+            os.makedirs(os.path.join(work, "input"), exist_ok=True)
+            common.update(custom_node_dirs=node_dirs, input_directory=os.path.join(work, "input"),
+                          output_directory=os.path.join(work, "output"), cpu=args.cpu)
+        servers = []
+        for i in range(count):
+            extra = common["extra_args"] + (["--cuda-device", gpus[i]] if gpus else [])
+            servers.append(ch.ComfyServer(comfyui, **{**common, "extra_args": extra},
+                                          log_path=os.path.join(work, f"server{i}.log" if count > 1 else "server.log"),
+                                          database_path=os.path.join(work, f"comfyui{i}.db")))
+        return servers
+
+    def __enter__(self) -> "Session":
+        args = self.args
+        if args.demo:
+            self.prompt = demo_modules()[0].tiny_prompt(self.prompt)
+        if not args.server:
+            self.servers = self._private_servers()
+            for server in self.servers:  # start them side by side, then wait for each
+                print(f"starting ComfyUI on {server.address} (log: {server.log_path}) ...", file=sys.stderr)
+                server.launch()
+            for server in self.servers:
+                server.wait_ready()
+            addresses = [s.address for s in self.servers]
+        else:
+            addresses = [a.replace("http://", "").rstrip("/") for a in args.server]
+        self.clients = [ch.ComfyClient(a) for a in addresses]
         return self
 
     def __exit__(self, *exc):
-        if self.client is not None:
-            self.client.close()
-        if self.server is not None:
-            self.server.stop()
+        for client in self.clients:
+            client.close()
+        for server in self.servers:
+            server.stop()
 
 
 def run_one(session: Session, prompt: dict, on_event=None) -> dict:
@@ -272,6 +302,10 @@ def main(argv=None) -> int:
     if args.csv:
         from .batch import main as batch_main
         return batch_main(args, prompt, workflow_name)
+    if len(args.server or []) > 1 or (args.launch or 1) > 1:
+        print("error: several servers (--server twice, --launch N) are for a --csv batch; one video uses one",
+              file=sys.stderr)
+        return 2
     output = os.path.abspath(args.output or ("vap_demo_noise.mp4" if args.demo else "vap_output.mp4"))
     if not args.demo and not args.server:
         missing = [f for f in ("image", "reference_video") if getattr(args, f) is None]

@@ -94,7 +94,8 @@ class ComfyServer:
 
     def __init__(self, comfyui: str, custom_node_dirs: list[str] = (), base_directory: str | None = None,
                  input_directory: str | None = None, output_directory: str | None = None, cpu: bool = False,
-                 extra_args: list[str] = (), python: str | None = None, log_path: str | None = None):
+                 extra_args: list[str] = (), python: str | None = None, log_path: str | None = None,
+                 database_path: str | None = None):
         self.comfyui = comfyui
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -117,7 +118,9 @@ class ComfyServer:
                 os.makedirs(os.path.join(base_directory, sub), exist_ok=True)
             args += ["--base-directory", base_directory]
             # keep the server's database beside its base directory, never in the checkout
-            args += ["--database-url", "sqlite:///" + os.path.join(os.path.abspath(base_directory), "comfyui.db")]
+            database_path = database_path or os.path.join(os.path.abspath(base_directory), "comfyui.db")
+        if database_path:  # servers sharing a base directory each keep their own database
+            args += ["--database-url", "sqlite:///" + os.path.abspath(database_path)]
         if input_directory:
             args += ["--input-directory", input_directory]
         if output_directory:
@@ -129,12 +132,23 @@ class ComfyServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 300.0) -> "ComfyServer":
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> "ComfyServer":
+        """Start the process (returns at once; :meth:`wait_ready` waits for it to answer)."""
         log = open(self.log_path, "ab")
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.process = subprocess.Popen(self.args, cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         log.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, timeout: float = 300.0) -> "ComfyServer":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
