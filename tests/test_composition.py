@@ -83,6 +83,21 @@ class Case:
                                    denoise=denoise, seed=0)
 
 
+    def call(self, model, callback=None, **options):
+        """One direct diffusion-model call with ``model``'s wrappers (as the sampler makes it) and ``options``."""
+        i = self.i
+        options = {"wrappers": model.wrappers, **options}
+        if callback is not None:
+            options["vap_block_callback"] = callback
+        with torch.no_grad():
+            if self.variant == "wan":
+                ref = wan_fixtures.ref_kwargs(self.pack, i["ref_latent"], i["ref_context"], i["ref_clip"])
+                return model.model.diffusion_model(i["x"], i["t"], i["context"], clip_fea=i["clip"],
+                                                   transformer_options=options, **ref)
+            ref = cog_fixtures.ref_kwargs(self.pack, i["ref_latent"], i["ref_context"])
+            return model.model.diffusion_model(i["x"], i["t"], i["context"], transformer_options=options, **ref)
+
+
 def count_calls(monkeypatch, module, name):
     calls = []
     real = getattr(module, name)
@@ -152,3 +167,154 @@ def test_step_caches_engage_on_either_side(request, monkeypatch, variant, kind):
     # the same cache decisions and result whichever side of Apply VAP Expert the cache node sits
     assert results["before"][0] == results["after"][0]
     assert torch.equal(results["before"][1], results["after"][1])
+
+
+# ---- SkipLayerGuidanceDiT and "dit" block replacements --------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["wan", "cog"])
+def test_skip_layer_guidance_reaches_expert_blocks_on_either_side(request, variant):
+    case = request.getfixturevalue(variant)
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+    layer = str(case.expert_blocks[0])
+
+    def slg(model):
+        return node(SkipLayerGuidanceDiT, model, scale=3.0, start_percent=0.0, end_percent=1.0, double_layers=layer,
+                    single_layers="", rescaling_scale=0.0)
+
+    vap = case.sample(case.apply(case.base))
+    base_slg = case.sample(slg(case.base))
+    outs = {order: case.sample(case.compose(slg, order)) for order in ORDERS}
+    assert torch.equal(outs["before"], outs["after"])
+    assert not torch.allclose(outs["before"], vap, atol=1e-3)  # the skipped expert block changed the guidance
+    assert not torch.allclose(outs["before"], base_slg, atol=1e-3)  # VAP still runs
+
+
+@pytest.mark.parametrize("variant", ["wan", "cog"])
+def test_block_replacement_of_an_expert_block(request, variant):
+    """A "dit" double_block replacement of an expert block gets the target stream; its original_block is the
+    joint (MoT) block; a replacement that does not call it (SkipLayerGuidance's skip) skips both streams."""
+    case = request.getfixturevalue(variant)
+    import comfy.model_patcher
+    model = case.apply(case.base)
+    k = case.expert_blocks[-1]
+    assert k > 0
+
+    def with_replacement(fn):
+        options = comfy.model_patcher.set_model_options_patch_replace({"transformer_options": {}}, fn, "dit", "double_block", k)
+        return options["transformer_options"]
+
+    def run(fn=None):
+        blocks = {}
+        options = with_replacement(fn) if fn is not None else {}
+        out = case.call(model, callback=lambda i, x, r, *text: blocks.setdefault(i, (x.clone(), r.clone())), **options)
+        return out, blocks
+
+    plain, plain_blocks = run()
+    through, _ = run(lambda args, extra: extra["original_block"](args))
+    assert torch.equal(through, plain)  # original_block is the whole joint block, reference stream included
+
+    seen = {}
+
+    def skip(args, extra):
+        seen["img"] = args["img"].clone()
+        return args
+    skipped, blocks = run(skip)
+    assert not torch.allclose(skipped, plain, atol=1e-4)
+    assert torch.equal(blocks[k][0], seen["img"])  # target stream left as it came in
+    assert torch.equal(blocks[k][1], blocks[k - 1][1])  # reference stream left as well
+    assert torch.equal(blocks[k - 1][0], plain_blocks[k - 1][0])  # the blocks before ran as usual
+
+    def double_target(args, extra):
+        out = extra["original_block"](args)
+        return {**out, "img": out["img"] * 2}
+    doubled, blocks = run(double_target)
+    assert torch.allclose(blocks[k][0], 2 * plain_blocks[k][0])
+    assert torch.equal(blocks[k][1], plain_blocks[k][1])
+
+
+# ---- attention overrides and other DIFFUSION_MODEL wrappers ---------------------------------------------
+
+@pytest.mark.parametrize("variant", ["wan", "cog"])
+def test_attention_override_runs_in_expert_blocks(request, variant):
+    case = request.getfixturevalue(variant)
+    model = case.apply(case.base)
+    plain = case.call(model)
+    seen = []
+
+    def override(func, q, k, v, *args, transformer_options=None, **kwargs):
+        seen.append((transformer_options["block_index"], k.shape[-2] if kwargs.get("skip_reshape") else k.shape[1]))
+        return func(q, k, v, *args, transformer_options=transformer_options, **kwargs)
+    assert torch.equal(case.call(model, optimized_attention_override=override), plain)
+    f, h, w = case.i["x"].shape[2:]
+    target_len = f * (h // 2) * (w // 2) + (case.i["context"].shape[1] if variant == "cog" else 0)
+    joint = {i for i, n in seen if n == 2 * target_len}  # one reference as long as the target
+    assert joint == set(case.expert_blocks)  # the joint target+reference attention went through the override
+
+    def zero_in_expert_blocks(func, q, k, v, *args, transformer_options=None, **kwargs):
+        out = func(q, k, v, *args, transformer_options=transformer_options, **kwargs)
+        return out * 0 if transformer_options["block_index"] in case.expert_blocks else out
+    assert not torch.allclose(case.call(model, optimized_attention_override=zero_in_expert_blocks), plain, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["wan", "cog"])
+@pytest.mark.parametrize("order", ORDERS)
+def test_other_diffusion_model_wrappers_run_on_either_side(request, variant, order):
+    """A wrapper inside Apply VAP Expert (added after it) sees the call and its changes reach the MoT forward; one
+    outside (added before it) wraps the MoT forward's result."""
+    case = request.getfixturevalue(variant)
+    import comfy.patcher_extension
+    seen = []
+
+    def wrapper(executor, x, *args, **kwargs):
+        seen.append(case.pack.vap_core.conds.REF_LATENT in kwargs)
+        return executor(x * 0.5, *args, **kwargs)
+
+    def add(model):
+        model = model.clone()
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_halve_input", wrapper)
+        return model
+
+    vap = case.apply(case.base)
+    out = case.call(case.compose(add, order))
+    assert seen == [True]
+    i = case.i
+    halved = dict(i, x=i["x"] * 0.5)
+    case.i = halved
+    try:
+        want = case.call(vap)
+    finally:
+        case.i = i
+    assert torch.equal(out, want)
+    assert not torch.allclose(out, case.call(case.base), atol=1e-3)  # VAP still runs
+
+
+def test_wan_attention_patches_and_block_patches_run_in_expert_blocks(wan, monkeypatch):
+    """Wan's ``patches["attn1_patch"]``/``["attn2_patch"]`` run on the target stream of expert blocks as in plain
+    blocks; ``patches["double_block"]`` runs after each block where the host's WanModel runs it (newer ComfyUI)."""
+    model = wan.apply(wan.base)
+    plain = wan.call(model)
+    seen = []
+
+    def attn1(args):
+        seen.append(("attn1", args["transformer_options"]["block_index"], args["q"].shape, args["k"].shape))
+        return args["x"]
+
+    def attn2(args):
+        seen.append(("attn2", args["transformer_options"]["block_index"]))
+        return args["x"]
+
+    def block_patch(args):
+        seen.append(("block", args["block_index"]))
+        return {"img": args["img"]}
+    patches = {"attn1_patch": [attn1], "attn2_patch": [attn2], "double_block": [block_patch]}
+    assert torch.equal(wan.call(model, patches=patches), plain)
+    blocks = range(WAN_CONFIG["num_layers"])
+    assert [b for kind, b, *_ in seen if kind == "attn1"] == list(blocks)
+    assert len({(q, k) for kind, _, q, k in [s for s in seen if s[0] == "attn1"]}) == 1  # same layout everywhere
+    assert [s[1] for s in seen if s[0] == "attn2"] == list(blocks)
+    host_runs = wan.mot.HOST_RUNS_BLOCK_PATCHES
+    assert [s[1] for s in seen if s[0] == "block"] == (list(blocks) if host_runs else [])
+    seen.clear()
+    monkeypatch.setattr(wan.mot, "HOST_RUNS_BLOCK_PATCHES", True)  # as ComfyUI 0.38's WanModel.forward_orig
+    assert torch.equal(wan.call(model, patches=patches), plain)
+    assert [s[1] for s in seen if s[0] == "block"] == list(blocks)
