@@ -74,13 +74,13 @@ class Case:
         return (cond(i["context"], i["ref_context"]),
                 cond(torch.zeros_like(i["context"]), torch.zeros_like(i["ref_context"])))
 
-    def sample(self, model, steps=3, cfg=3.0, with_ref=True, denoise=1.0):
+    def sample(self, model, steps=3, cfg=3.0, with_ref=True, denoise=1.0, callback=None):
         import comfy.sample
         latent = torch.zeros(1, self.latent_channels, *self.i["x"].shape[2:])
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
         positive, negative = self.conds(with_ref)
         return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", positive, negative, latent,
-                                   denoise=denoise, seed=0)
+                                   denoise=denoise, seed=0, callback=callback)
 
 
     def call(self, model, callback=None, **options):
@@ -318,3 +318,36 @@ def test_wan_attention_patches_and_block_patches_run_in_expert_blocks(wan, monke
     monkeypatch.setattr(wan.mot, "HOST_RUNS_BLOCK_PATCHES", True)  # as ComfyUI 0.38's WanModel.forward_orig
     assert torch.equal(wan.call(model, patches=patches), plain)
     assert [s[1] for s in seen if s[0] == "block"] == list(blocks)
+
+
+# ---- TorchCompileModel ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["wan", "cog"])
+def test_torch_compile_on_either_side(request, variant):
+    """Core TorchCompileModel (CPU inductor) compiles the MoT forward: the compiled model gives the eager output
+    within float32 noise, compiles during the first step only, and the other order reuses those graphs."""
+    case = request.getfixturevalue(variant)
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    vap = case.sample(case.apply(case.base))
+    base = case.sample(case.base)
+    torch._dynamo.reset()
+    counters.clear()
+
+    def graphs():
+        return counters["stats"]["unique_graphs"]
+    for order in ORDERS:
+        per_step = []
+        compiled = case.compose(lambda m: node(TorchCompileModel, m, backend="inductor"), order)
+        out = case.sample(compiled, callback=lambda step, *a: per_step.append(graphs()))
+        assert per_step[0] > 0  # compiled
+        assert per_step[-1] == per_step[0], f"recompiled after the first step ({order}): {per_step}"
+        scale = vap.abs().max()
+        assert torch.allclose(out, vap, atol=1e-4 * scale, rtol=0), (out - vap).abs().max()
+        assert not torch.allclose(out, base, atol=1e-3)  # VAP still runs
+        if order == "after":
+            assert per_step[0] == first_graphs  # the same graphs serve the other order: no recompile
+        first_graphs = per_step[-1]
+    assert counters["stats"]["unique_graphs"] == first_graphs

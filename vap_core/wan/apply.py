@@ -37,6 +37,10 @@ class WanVAPWrapper(ExpertWrapper):
 
     CACHE_ENTRIES = 4
 
+    # Eager even inside torch.compile (core TorchCompileModel): the cache is a Python dict keyed by the conds'
+    # uuids, and TorchCompileModel drops the guards on everything reached through transformer_options (where this
+    # wrapper sits), so a traced lookup would be baked into the graph and reused for another run's reference.
+    @torch.compiler.disable
     def reference(self, wan, expert, x, transformer_options, kwargs):
         uuids = transformer_options.get("uuids")
         key = None
