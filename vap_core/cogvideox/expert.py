@@ -22,23 +22,15 @@ from ..errors import VAPModelMismatch
 COMFYUI_NEEDED = "ComfyUI >= 0.25"
 
 
-_native = None
-
-
 def native_cogvideox():
-    """ComfyUI's ``comfy.ldm.cogvideo.model``, or an error naming the ComfyUI version that has it.
-
-    Imported once: the MoT forward calls this every step, and an import there breaks torch.compile's graph."""
-    global _native
-    if _native is None:
-        try:
-            _native = importlib.import_module("comfy.ldm.cogvideo.model")
-        except ImportError:
-            raise VAPModelMismatch(
-                "this ComfyUI has no native CogVideoX model (comfy/ldm/cogvideo/model.py): the CogVideoX VAP expert "
-                f"needs {COMFYUI_NEEDED}. Update ComfyUI, then load CogVideoX-5b-I2V with 'Load Diffusion Model'."
-            ) from None
-    return _native
+    """ComfyUI's ``comfy.ldm.cogvideo.model``, or an error naming the ComfyUI version that has it."""
+    try:
+        return importlib.import_module("comfy.ldm.cogvideo.model")
+    except ImportError:
+        raise VAPModelMismatch(
+            "this ComfyUI has no native CogVideoX model (comfy/ldm/cogvideo/model.py): the CogVideoX VAP expert "
+            f"needs {COMFYUI_NEEDED}. Update ComfyUI, then load CogVideoX-5b-I2V with 'Load Diffusion Model'."
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,17 @@ from ..errors import VAPInputError
 
 MAX_REFERENCES = 3
 
+_native_module = None
+
+
+def _native():
+    """``native_cogvideox()``, imported once for the forward: an import inside the step breaks torch.compile's graph
+    (the load and apply checks keep importing it each time)."""
+    global _native_module
+    if _native_module is None:
+        _native_module = native_cogvideox()
+    return _native_module
+
 
 # ---- positions ------------------------------------------------------------------------------------------
 
@@ -137,7 +148,7 @@ def embed(patch_embed, text, video, pos):
 
 def time_embedding(owner, timestep, dim, layout, dtype):
     """``owner``'s time embedding (the base model or the expert: same attribute names) of ``timestep``."""
-    cog = native_cogvideox()
+    cog = _native()
     t = cog.get_timestep_embedding(timestep.flatten(), dim, layout.flip_sin_to_cos, layout.freq_shift).to(dtype=dtype)
     return owner.time_embedding_linear_2(owner.time_embedding_act(owner.time_embedding_linear_1(t)))
 
@@ -181,7 +192,7 @@ def joint_block(block, expert_block, x, t, r, rt, emb, emb_ref, rope, rope_ref, 
     ``update_reference=False`` (the last expert block, whose reference output nothing reads): the reference
     only lends its keys and values; its queries, output projection and FFN are skipped and ``r``, ``rt`` are
     returned unchanged."""
-    apply_rope = native_cogvideox().apply_rotary_emb
+    apply_rope = _native().apply_rotary_emb
     nx, nt, gate, text_gate = block.norm1(x, t, emb)
     nr, nrt, gate_r, text_gate_r = expert_block.norm1(r, rt, emb_ref)
     q, k, v = _qkv(block, torch.cat([nt, nx], dim=1), t.shape[1], rope, apply_rope)
