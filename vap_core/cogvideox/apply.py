@@ -30,15 +30,16 @@ def build_cog_expert(sd: dict[str, torch.Tensor], metadata: dict[str, str], sour
 class CogVAPWrapper(ExpertWrapper):
     """DIFFUSION_MODEL wrapper running the MoT forward when the conds carry a reference."""
 
-    def __call__(self, executor, x, timestep, context, ofs=None, transformer_options=None, **kwargs):
+    def forward(self, original, cog, x, timestep, context, ofs=None, transformer_options=None, **kwargs):
+        """The innermost call of the DIFFUSION_MODEL chain: the MoT forward when the conds carry a reference, else
+        the native ``original`` (the plain base)."""
         if kwargs.get(REF_LATENT) is None:
-            return executor(x, timestep, context, ofs, transformer_options, **kwargs)
+            return original(x, timestep, context, ofs, transformer_options, **kwargs)
         if kwargs.get(REF_CONTEXT) is None:
             raise VAPModelMismatch(f"the conditioning carries '{REF_LATENT}' but no '{REF_CONTEXT}' (the reference "
                                    "captions): encode the reference with the VAP CogVideoX conditioning node.")
         if transformer_options is None:
             transformer_options = {}
-        cog = executor.class_obj
         expert = self.expert_patcher.model
         if not self.active(transformer_options):
             # outside the active range: the official base (its RoPE), not ComfyUI's plain forward, which runs

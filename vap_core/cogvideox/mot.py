@@ -27,6 +27,17 @@ from ..errors import VAPInputError
 
 MAX_REFERENCES = 3
 
+_native_module = None
+
+
+def _native():
+    """``native_cogvideox()``, imported once for the forward: an import inside the step breaks torch.compile's graph
+    (the load and apply checks keep importing it each time)."""
+    global _native_module
+    if _native_module is None:
+        _native_module = native_cogvideox()
+    return _native_module
+
 
 # ---- positions ------------------------------------------------------------------------------------------
 
@@ -137,7 +148,7 @@ def embed(patch_embed, text, video, pos):
 
 def time_embedding(owner, timestep, dim, layout, dtype):
     """``owner``'s time embedding (the base model or the expert: same attribute names) of ``timestep``."""
-    cog = native_cogvideox()
+    cog = _native()
     t = cog.get_timestep_embedding(timestep.flatten(), dim, layout.flip_sin_to_cos, layout.freq_shift).to(dtype=dtype)
     return owner.time_embedding_linear_2(owner.time_embedding_act(owner.time_embedding_linear_1(t)))
 
@@ -181,7 +192,7 @@ def joint_block(block, expert_block, x, t, r, rt, emb, emb_ref, rope, rope_ref, 
     ``update_reference=False`` (the last expert block, whose reference output nothing reads): the reference
     only lends its keys and values; its queries, output projection and FFN are skipped and ``r``, ``rt`` are
     returned unchanged."""
-    apply_rope = native_cogvideox().apply_rotary_emb
+    apply_rope = _native().apply_rotary_emb
     nx, nt, gate, text_gate = block.norm1(x, t, emb)
     nr, nrt, gate_r, text_gate_r = expert_block.norm1(r, rt, emb_ref)
     q, k, v = _qkv(block, torch.cat([nt, nx], dim=1), t.shape[1], rope, apply_rope)
@@ -295,17 +306,32 @@ def vap_forward(cog, expert, x, timestep, context, ref_latent, ref_context, tran
     # nothing reads the reference after the last expert block (only the target is decoded), unless a callback
     # inspects every block's streams
     last_update = expert.expert_blocks[-1] if n and callback is None else None
+    # ``patches_replace["dit"][("double_block", i)]`` entries are honoured as in ComfyUI's MMDiT-style models (args
+    # img/txt/vec/pe, the block returns img and txt), although ComfyUI 0.25's own CogVideoX forward reads none
+    # (docs/HOST_INTEGRATION.md#composing-with-other-patches)
+    blocks_replace = transformer_options.get("patches_replace", {}).get("dit", {})
     transformer_options["total_blocks"] = len(cog.blocks)
     transformer_options["block_type"] = "double"
     for i, block in enumerate(cog.blocks):
         transformer_options["block_index"] = i
         expert_block = expert.block(i) if n else None
         if expert_block is not None:
-            x, t, r, rt = joint_block(block, expert_block, x, t, r, rt, emb, emb_ref, rope, rope_ref, transformer_options,
-                                      update_reference=i != last_update)
+            def block_wrap(args, block=block, expert_block=expert_block, update_reference=i != last_update):
+                # the target's inputs come from ``args``; the reference advances only when this runs
+                nonlocal r, rt
+                out_x, out_t, r, rt = joint_block(block, expert_block, args["img"], args["txt"], r, rt, args["vec"],
+                                                  emb_ref, args["pe"], rope_ref, args["transformer_options"],
+                                                  update_reference=update_reference)
+                return {"img": out_x, "txt": out_t}
         else:
-            x, t = block(hidden_states=x, encoder_hidden_states=t, temb=emb, image_rotary_emb=rope,
-                         transformer_options=transformer_options)
+            def block_wrap(args, block=block):
+                out_x, out_t = block(hidden_states=args["img"], encoder_hidden_states=args["txt"], temb=args["vec"],
+                                     image_rotary_emb=args["pe"], transformer_options=args["transformer_options"])
+                return {"img": out_x, "txt": out_t}
+        args = {"img": x, "txt": t, "vec": emb, "pe": rope, "transformer_options": transformer_options}
+        replace = blocks_replace.get(("double_block", i))
+        out = block_wrap(args) if replace is None else replace(args, {"original_block": block_wrap})
+        x, t = out["img"], out["txt"]
         if callback is not None:
             callback(i, x, r, t, rt)
 

@@ -2,8 +2,10 @@
 from a state dict, the wrapper basics (active range, no deep copies) and attaching it to a base MODEL.
 
 The expert lives in its own ModelPatcher (loaded, offloaded and partially loaded by ComfyUI's memory
-manager) registered with ``set_additional_models``; the MoT forward is a ``DIFFUSION_MODEL`` wrapper.
-Neither sits in ``model_options``, so later ``clone()``s share the expert weights (docs/HOST_INTEGRATION.md#why-clones-share-the-expert).
+manager) registered with ``set_additional_models``; the MoT forward is a ``DIFFUSION_MODEL`` wrapper that
+continues the wrapper chain with its innermost call (the native ``_forward``) redirected to the MoT forward,
+so every other ``DIFFUSION_MODEL`` wrapper runs whichever side of it it sits
+(docs/HOST_INTEGRATION.md#composing-with-other-patches). Neither sits in ``model_options``, so later ``clone()``s share the expert weights (docs/HOST_INTEGRATION.md#why-clones-share-the-expert).
 """
 from __future__ import annotations
 
@@ -64,7 +66,13 @@ def schedule_fraction(transformer_options) -> float | None:
 
 
 class ExpertWrapper:
-    """Base of the DIFFUSION_MODEL wrappers: the expert, its active range, a per-run cache slot."""
+    """Base of the DIFFUSION_MODEL wrappers: the expert, its active range, a per-run cache slot.
+
+    The wrapper is not terminal: it calls the rest of the chain (the wrappers added after it) with the chain's
+    ``original`` (the native ``_forward``) replaced by ``self.forward``, which runs the MoT forward when the call
+    carries a reference and the native ``_forward`` otherwise. Wrappers added before it wrap it as usual; wrappers
+    added after it wrap the MoT forward. Subclasses define ``forward(original, model, *args, **kwargs)`` with the
+    native forward's signature after the first two parameters."""
 
     def __init__(self, expert_patcher, start: float = 0.0, end: float = 1.0):
         self.expert_patcher = expert_patcher
@@ -82,6 +90,17 @@ class ExpertWrapper:
 
     def clear(self):
         self.cache = {}
+
+    def __call__(self, executor, *args, **kwargs):
+        original, model = executor.original, executor.class_obj
+
+        def innermost(*a, **k):
+            return self.forward(original, model, *a, **k)
+        chain = type(executor).new_class_executor(innermost, model, executor.wrappers, idx=executor.idx)
+        return chain(*args, **kwargs)  # the next wrapper, or ``innermost`` when this one is the last
+
+    def forward(self, original, model, *args, **kwargs):
+        raise NotImplementedError
 
 
 def _clear_after_sampling(wrapper: ExpertWrapper):

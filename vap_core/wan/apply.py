@@ -37,6 +37,10 @@ class WanVAPWrapper(ExpertWrapper):
 
     CACHE_ENTRIES = 4
 
+    # Eager even inside torch.compile (core TorchCompileModel): the cache is a Python dict keyed by the conds'
+    # uuids, and TorchCompileModel drops the guards on everything reached through transformer_options (where this
+    # wrapper sits), so a traced lookup would be baked into the graph and reused for another run's reference.
+    @torch.compiler.disable
     def reference(self, wan, expert, x, transformer_options, kwargs):
         uuids = transformer_options.get("uuids")
         key = None
@@ -67,12 +71,14 @@ class WanVAPWrapper(ExpertWrapper):
                 return {k: ref[k] for k in ("latent", "tokens", "freqs", "e")}
         return None
 
-    def __call__(self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
+    def forward(self, original, wan, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={},
+                **kwargs):
+        """The innermost call of the DIFFUSION_MODEL chain: the MoT forward when the conds carry a reference and
+        the expert is active at this step, else the native ``original`` (the plain base)."""
         if kwargs.get(REF_LATENT) is None or not self.active(transformer_options):
-            return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
+            return original(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
         if time_dim_concat is not None:
             raise VAPModelMismatch("VAP cannot be combined with Phantom-style time_dim_concat conditioning: remove that node.")
-        wan = executor.class_obj
         expert = self.expert_patcher.model
         ref = self.reference(wan, expert, x, transformer_options, kwargs)
         return wan_mot.vap_forward(wan, expert, x, timestep, context, clip_fea, transformer_options, ref)

@@ -14,7 +14,11 @@ import comfy.ldm.common_dit
 import comfy.model_management
 from comfy.ldm.flux.math import apply_rope1
 from comfy.ldm.modules.attention import optimized_attention
-from comfy.ldm.wan.model import sinusoidal_embedding_1d
+from comfy.ldm.wan.model import WanModel, sinusoidal_embedding_1d
+
+# Whether the host's WanModel runs ``transformer_options["patches"]["double_block"]`` after each block (newer
+# ComfyUI does; 0.25 does not): the MoT forward does the same as the host, so VAP and plain steps agree.
+HOST_RUNS_BLOCK_PATCHES = "patches" in WanModel.forward_orig.__code__.co_consts
 
 # The official pipeline feeds the clean reference with the constant timestep 1 (0..1000 scale).
 REFERENCE_TIMESTEP = 1.0
@@ -74,6 +78,11 @@ def joint_block(block, expert_block, x, r, e, e_ref, freqs, freqs_ref, context, 
     q = _rotated(attn.norm_q, attn.q, xn, freqs, heads, head_dim).contiguous()
     del xn
     out = optimized_attention(q, k_all, v_all, heads=heads, skip_reshape=True, transformer_options=transformer_options)
+    patches = transformer_options.get("patches", {})
+    for p in patches.get("attn1_patch", ()):
+        # as WanSelfAttention: the target's attention output, its rotated q and k [B, S, heads, D]
+        out = p({"x": out, "q": q.transpose(1, 2), "k": k_all[:, :, :s].transpose(1, 2),
+                 "transformer_options": transformer_options})
     del q
     x = torch.addcmul(x, attn.o(out), mx[2])
     del out
@@ -82,6 +91,8 @@ def joint_block(block, expert_block, x, r, e, e_ref, freqs, freqs_ref, context, 
                                     skip_reshape=True, transformer_options=transformer_options)
     del qr, k_all, v_all
     x = x + block.cross_attn(block.norm3(x), context, context_img_len=context_img_len, transformer_options=transformer_options)
+    for p in patches.get("attn2_patch", ()):
+        x = p({"x": x, "transformer_options": transformer_options})
     x = torch.addcmul(x, block.ffn(torch.addcmul(mx[3], block.norm2(x), 1 + mx[4])), mx[5])
     if not update_reference:
         return x, r
@@ -144,6 +155,7 @@ def vap_forward(wan, expert, x, timestep, context, clip_fea, transformer_options
     x = comfy.ldm.common_dit.pad_to_patch_size(x, wan.patch_size)
     freqs = wan.rope_encode(t, h, w, device=x.device, dtype=x.dtype, transformer_options=transformer_options)
 
+    x_input = x
     x = wan.patch_embedding(x.float()).to(x.dtype)
     grid_sizes = x.shape[2:]
     transformer_options["grid_sizes"] = grid_sizes
@@ -163,15 +175,25 @@ def vap_forward(wan, expert, x, timestep, context, clip_fea, transformer_options
     # callback inspects every block's streams
     last_update = expert.expert_blocks[-1] if callback is None else None
     blocks_replace = transformer_options.get("patches_replace", {}).get("dit", {})
+    block_patches = transformer_options.get("patches", {}).get("double_block", ()) if HOST_RUNS_BLOCK_PATCHES else ()
     transformer_options["total_blocks"] = len(wan.blocks)
     transformer_options["block_type"] = "double"
     for i, block in enumerate(wan.blocks):
         transformer_options["block_index"] = i
         expert_block = expert.block(i)
         if expert_block is not None:
-            x, r = joint_block(block, expert_block, x, r, e0, ref["e"], freqs, ref["freqs"], context, context_img_len,
-                               ref["context"], ref["context_img_len"], transformer_options,
-                               update_reference=i != last_update)
+            def joint_wrap(args, block=block, expert_block=expert_block, update_reference=i != last_update):
+                # the target's inputs come from ``args`` (a replacement may change them); the reference stream is
+                # this block's own: it advances when the replacement runs the original block, else it stays
+                nonlocal r
+                out, r = joint_block(block, expert_block, args["img"], r, args["vec"], ref["e"], args["pe"],
+                                     ref["freqs"], args["txt"], context_img_len, ref["context"],
+                                     ref["context_img_len"], args["transformer_options"],
+                                     update_reference=update_reference)
+                return {"img": out}
+            args = {"img": x, "txt": context, "vec": e0, "pe": freqs, "transformer_options": transformer_options}
+            replace = blocks_replace.get(("double_block", i))
+            x = (joint_wrap(args) if replace is None else replace(args, {"original_block": joint_wrap}))["img"]
         elif ("double_block", i) in blocks_replace:
             def block_wrap(args, block=block):
                 return {"img": block(args["img"], context=args["txt"], e=args["vec"], freqs=args["pe"],
@@ -182,6 +204,9 @@ def vap_forward(wan, expert, x, timestep, context, clip_fea, transformer_options
         else:
             x = block(x, e=e0, freqs=freqs, context=context, context_img_len=context_img_len,
                       transformer_options=transformer_options)
+        for p in block_patches:
+            x = p({"img": x, "x": x_input, "vec": e, "block_index": i, "img_offset": 0,
+                   "transformer_options": transformer_options})["img"]
         if callback is not None:
             callback(i, x, r)
 
