@@ -1,4 +1,5 @@
-"""Expert weights in fp16, bf16 and fp8 for both variants: files written by the converter's ``--dtype`` run and agree with the fp32 expert within the dtype's
+"""Expert weights in fp16, bf16 and fp8 for both variants: files written by the converter's ``--dtype`` and the
+loader's ``weight_dtype`` (core UNETLoader's choices) run and agree with the fp32 expert within the dtype's
 precision; the CogVideoX patch embedding keeps captions out of fp8.
 
 Error measure: ||out - out_fp32|| / ||out_fp32 - out_without_reference||, i.e. relative to what the expert
@@ -19,6 +20,8 @@ from vap_headless.demo.tiny_wan import official_wan_mot_state_dict
 EPS = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7, torch.float8_e4m3fn: 2.0 ** -3,
        torch.float8_e5m2: 2.0 ** -2}
 FILE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp8_e4m3fn": torch.float8_e4m3fn}
+OPTION_DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+                 "fp8_e5m2": torch.float8_e5m2}
 WAN_CONFIG = {"num_layers": 3, "block_idx_with_mot_ref": [0, 2], "text_dim": 32, "ffn_dim": 64}
 
 
@@ -82,6 +85,72 @@ def test_converted_expert_file_agrees_with_fp32(pack, case, file_dtype):
     assert {p.dtype for p in _matrices(expert).values()} == {dtype}
     err = _error(c, expert)
     assert 0 < err < EPS[dtype], f"{file_dtype}: error {err:.3g} of the expert's contribution (bound {EPS[dtype]:.3g})"
+
+
+@pytest.mark.parametrize("weight_dtype", sorted(OPTION_DTYPES))
+def test_weight_dtype_option_agrees_with_fp32(pack, case, weight_dtype):
+    """The loader's weight_dtype on the fp32 file: parameters stored in fp8 as core stores a base loaded with
+    that choice (patch-embedding convolutions and buffers kept), smaller in ComfyUI's memory accounting."""
+    _, c = case
+    dtype = OPTION_DTYPES[weight_dtype]
+    expert = pack.vap_core.expert.loading.load_expert(c["files"]["fp32"], weight_dtype)
+    module = expert.module
+    for name, p in module.named_parameters():
+        conv = isinstance(module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module,
+                          torch.nn.modules.conv._ConvNd)
+        assert p.dtype == (torch.float32 if conv else dtype), name
+    assert all(b.dtype == torch.float32 for b in module.buffers())
+    assert expert.patcher.model_size() < c["fp32"].patcher.model_size() / 3
+    err = _error(c, expert)
+    assert 0 < err < EPS[dtype], f"{weight_dtype}: error {err:.3g} of the expert's contribution (bound {EPS[dtype]:.3g})"
+
+
+def test_weight_dtype_default_keeps_the_file(pack, case):
+    _, c = case
+    load = pack.vap_core.expert.loading.load_expert
+    for name in ("fp32", "bf16", "fp8_e4m3fn"):
+        plain, default = load(c["files"][name]), load(c["files"][name], "default")
+        a, b = dict(plain.module.named_parameters()), dict(default.module.named_parameters())
+        assert all(a[k].dtype == b[k].dtype and torch.equal(a[k].float(), b[k].float()) for k in a)
+    assert torch.equal(c["run"](load(c["files"]["fp32"], "default")), c["want"])
+
+
+def test_fp8_fast_uses_fp8_matmul_where_the_device_has_it(pack, case, monkeypatch):
+    """fp8_e4m3fn_fast picks its layers with core's pick_operations: manual_cast where the device has no fp8
+    compute (this CPU: same as fp8_e4m3fn), fp8_ops (fp8 matrix multiplication) where it has."""
+    import comfy.model_management
+    import comfy.ops
+    _, c = case
+    load = pack.vap_core.expert.loading.load_expert
+    linears = lambda e: {type(m) for m in e.module.modules() if isinstance(m, torch.nn.Linear)}  # noqa: E731
+    assert linears(load(c["files"]["fp32"], "fp8_e4m3fn_fast")) == {comfy.ops.manual_cast.Linear}
+    monkeypatch.setattr(comfy.model_management, "supports_fp8_compute", lambda device=None: True)
+    fast = load(c["files"]["fp32"], "fp8_e4m3fn_fast")
+    assert linears(fast) == {comfy.ops.fp8_ops.Linear}
+    assert linears(load(c["files"]["fp32"], "fp8_e4m3fn")) == {comfy.ops.manual_cast.Linear}
+    err = _error(c, fast)  # activations quantized too (torch runs the fp8 matmul on CPU)
+    assert 0 < err < EPS[torch.float8_e4m3fn], err
+
+
+def test_unknown_weight_dtype_is_refused(pack, case):
+    _, c = case
+    with pytest.raises(pack.vap_core.errors.VAPInputError, match="fp8_e4m3fn_fast"):
+        pack.vap_core.expert.loading.load_expert(c["files"]["fp32"], "fp4")
+
+
+def test_fp8_expert_low_vram_matches_full_load(pack, case):
+    import comfy.model_management
+    _, c = case
+    expert = pack.vap_core.expert.loading.load_expert(c["files"]["fp32"], "fp8_e4m3fn")
+    device = comfy.model_management.get_torch_device()
+    expert.patcher.load(device, lowvram_model_memory=0, full_load=True)
+    full = c["run"](expert)
+    expert.patcher.detach()
+    expert.patcher.load(device, lowvram_model_memory=1)  # per-layer casting from fp8
+    assert expert.patcher.model.model_lowvram
+    partial = c["run"](expert)
+    expert.patcher.detach()
+    assert torch.allclose(full, partial, atol=1e-6)
 
 
 def test_cog_patch_embedding_keeps_captions_out_of_fp8(pack):
