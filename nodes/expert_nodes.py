@@ -5,6 +5,10 @@ from comfy_api.latest import io
 
 from . import paths
 
+# the choices of core's UNETLoader (vap_core/expert/weight_dtype.py holds the same tuple; this module must not
+# import vap_core at start-up)
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+
 VAPExpertType = io.Custom("VAP_EXPERT")
 
 
@@ -22,21 +26,28 @@ class VAPExpertLoader(io.ComfyNode):
                 io.Combo.Input("expert_name", options=paths.expert_files(),
                                tooltip="A file in models/vap/: the converted expert (recommended) or the "
                                        "official VAP transformer as one safetensors file."),
+                # optional with a default: graphs saved before this input existed load and run unchanged
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", optional=True,
+                               advanced=True,
+                               tooltip="As in 'Load Diffusion Model': default keeps the file's dtypes; fp8_* "
+                                       "store the expert's weights in fp8 (about half the memory of bf16, "
+                                       "computed in the model's dtype); fp8_e4m3fn_fast also uses fp8 matrix "
+                                       "multiplication on GPUs that have it."),
             ],
             outputs=[io.Custom("VAP_EXPERT").Output(display_name="vap_expert",
                                                     tooltip="Connect to 'Apply VAP Expert'.")],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, expert_name):
+    def fingerprint_inputs(cls, expert_name, weight_dtype="default"):
         # a file replaced under the same name must not be served from cache
         path = paths.expert_path(expert_name)
-        return f"{path}:{os.path.getmtime(path)}:{os.path.getsize(path)}"
+        return f"{path}:{os.path.getmtime(path)}:{os.path.getsize(path)}:{weight_dtype}"
 
     @classmethod
-    def execute(cls, expert_name) -> io.NodeOutput:
+    def execute(cls, expert_name, weight_dtype="default") -> io.NodeOutput:
         from ..vap_core.expert.loading import load_expert
-        return io.NodeOutput(load_expert(paths.expert_path(expert_name)))
+        return io.NodeOutput(load_expert(paths.expert_path(expert_name), weight_dtype))
 
 
 class VAPApplyExpert(io.ComfyNode):

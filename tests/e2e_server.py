@@ -16,13 +16,19 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 PACK = os.path.dirname(TESTS)
 
 
-def start(base: str):
-    """Yield the server dict: {server, client, base, ch, assets}; stops the server afterwards."""
+def start(base: str, extra_node_dirs=(), cog: bool = True, prepare=None):
+    """Yield the server dict: {server, client, base, ch, assets}; stops the server afterwards.
+
+    ``extra_node_dirs``: more custom-node folders (or ``(folder, name)`` pairs); ``cog=False``: no CogVideoX
+    models; ``prepare(base)``: called after the base directory is written, before the server starts."""
     host.import_host()  # comfy importable here (CPU) to write the tiny models
     from vap_headless import client as ch
     from vap_headless.demo import assets as e2e_assets
-    e2e_assets.make_base_directory(base)
-    srv = ch.ComfyServer(host.COMFYUI_PATH, custom_node_dirs=[(PACK, "ComfyUI-VAP"), e2e_assets.STANDIN_NODES_DIR],
+    e2e_assets.make_base_directory(base, cog=cog)
+    if prepare is not None:
+        prepare(base)
+    srv = ch.ComfyServer(host.COMFYUI_PATH, custom_node_dirs=[(PACK, "ComfyUI-VAP"), e2e_assets.STANDIN_NODES_DIR,
+                                                              *extra_node_dirs],
                          base_directory=base, cpu=True)
     srv.start()
     client = None

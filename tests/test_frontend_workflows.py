@@ -177,6 +177,34 @@ def test_ui_workflow_loads_cleanly_and_matches_api(frontend, ui_file, tmp_path):
     assert os.path.getsize(path) > 10_000  # a drawn graph, not a blank page
 
 
+def _saved_before_weight_dtype(wf: dict) -> dict:
+    """``wf`` as the frontend saved it before *Load VAP Expert* had its optional ``weight_dtype`` input."""
+    old = json.loads(json.dumps(wf))
+    for node in old["nodes"]:
+        if node["type"] == "VAPExpertLoader":
+            node["inputs"] = [i for i in node.get("inputs", []) if i["name"] != "weight_dtype"]
+            assert node["widgets_values"][-1] == "default"
+            node["widgets_values"] = node["widgets_values"][:-1]
+    return old
+
+
+@pytest.mark.parametrize("ui_file", UI_FILES)
+def test_graph_saved_before_weight_dtype_loads_with_the_default(frontend, ui_file):
+    """The expert loader's weight_dtype is optional: a graph saved without it loads without widget errors and
+    queues (graphToPrompt) the same run as the shipped API graph, weight_dtype "default"."""
+    b, _ = frontend
+    with open(os.path.join(WORKFLOWS, ui_file), encoding="utf-8") as f:
+        old = _saved_before_weight_dtype(json.load(f))
+    with open(os.path.join(API_WORKFLOWS, ui_file.replace(".json", ".api.json")), encoding="utf-8") as f:
+        api = json.load(f)
+    assert [n["inputs"]["weight_dtype"] for n in api.values() if n["class_type"] == "VAPExpertLoader"] == ["default"]
+    b.exceptions.clear()
+    result = b.evaluate(f"({_CHECK_JS})({json.dumps(old)}, {json.dumps('old_' + ui_file)})")
+    assert result["missing"] == [] and result["problems"] == [], result["problems"]
+    assert _normalise(result["output"]) == _normalise(api)
+    assert b.exceptions == [], f"page exceptions: {b.exceptions}"
+
+
 def _small_png(src: str, dest: str, width: int = 1200) -> str:
     """Downscaled, 256-colour PNG (a few hundred KB less in the repository)."""
     from PIL import Image

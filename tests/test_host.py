@@ -58,6 +58,23 @@ def test_loader_and_apply_nodes(pack, vap_folder):
     assert loader.fingerprint_inputs("tiny_expert.safetensors") == loader.fingerprint_inputs("tiny_expert.safetensors")
 
 
+
+def test_loader_weight_dtype_is_core_unet_loaders_and_optional(pack, vap_folder):
+    """Load VAP Expert offers core UNETLoader's weight_dtype choices as an optional input defaulting to
+    "default" (graphs saved before it existed run unchanged); the node passes the choice to the loader."""
+    import nodes
+    loader = pack.nodes.expert_nodes.VAPExpertLoader
+    (weight_dtype,) = [i for i in loader.define_schema().inputs if i.id == "weight_dtype"]
+    core = nodes.UNETLoader.INPUT_TYPES()["required"]["weight_dtype"][0]
+    assert list(weight_dtype.options) == list(core) == list(pack.vap_core.expert.weight_dtype.WEIGHT_DTYPES)
+    assert weight_dtype.optional and weight_dtype.default == "default"
+    default = loader.execute(expert_name="tiny_expert.safetensors").result[0]
+    fp8 = loader.execute(expert_name="tiny_expert.safetensors", weight_dtype="fp8_e5m2").result[0]
+    assert default.module.blocks["1"].self_attn.q.weight.dtype == torch.float32
+    assert fp8.module.blocks["1"].self_attn.q.weight.dtype == torch.float8_e5m2
+    assert loader.fingerprint_inputs("tiny_expert.safetensors") != \
+        loader.fingerprint_inputs("tiny_expert.safetensors", "fp8_e5m2")
+
 def test_fp8_files_load_and_run(pack, tmp_path):
     from vap_headless.demo.tiny_wan import official_wan_mot_state_dict
     sd, cfg = official_wan_mot_state_dict(CONFIG, seed=22)

@@ -87,7 +87,7 @@ def wan_vap_graph(lora: bool) -> dict:
     s = LORA_SAMPLING if lora else OFFICIAL_SAMPLING
     g = {
         "1": _node("UNETLoader", "Load Diffusion Model", unet_name=MODELS["base"]["name"], weight_dtype="default"),
-        "2": _node("VAPExpertLoader", "Load VAP Expert", expert_name=EXPERT_NAME),
+        "2": _node("VAPExpertLoader", "Load VAP Expert", expert_name=EXPERT_NAME, weight_dtype="default"),
         "3": _node("VAPApplyExpert", "Apply VAP Expert", model=["1", 0], vap_expert=["2", 0],
                    start_percent=0.0, end_percent=1.0),
         "4": _node("ModelSamplingSD3", "ModelSamplingSD3", model=["3", 0], shift=s["shift"]),
@@ -157,7 +157,7 @@ def cog_vap_graph() -> dict:
     s = COG_SAMPLING
     return {
         "1": _node("UNETLoader", "Load Diffusion Model", unet_name=COG_BASE_NAME, weight_dtype="default"),
-        "2": _node("VAPExpertLoader", "Load VAP Expert", expert_name=COG_EXPERT_NAME),
+        "2": _node("VAPExpertLoader", "Load VAP Expert", expert_name=COG_EXPERT_NAME, weight_dtype="default"),
         "3": _node("VAPApplyExpert", "Apply VAP Expert", model=["1", 0], vap_expert=["2", 0],
                    start_percent=0.0, end_percent=1.0),
         "5": _node("CLIPLoader", "Load CLIP", clip_name=MODELS["t5"]["name"], type="cogvideox", device="default"),

@@ -135,11 +135,14 @@ def video_positions(table, layout, dim: int, frames: int, height: int, width: in
 def embed(patch_embed, text, video, pos):
     """(text tokens, video tokens) of one patch embedding; ``video`` is [B, F, C, H, W] (the official layout).
 
-    Same arithmetic as ComfyUI's ``CogVideoXPatchEmbed.forward`` (projections in their weight dtype)."""
+    Same arithmetic as ComfyUI's ``CogVideoXPatchEmbed.forward`` (projections in their weight dtype), except that
+    fp8 weights compute in the input's dtype, as comfy.ops manual_cast layers do: casting the input to fp8 would
+    quantize the captions (CPU) or ask for an fp8 matmul that does not exist (CUDA)."""
     dtype = text.dtype
-    text = patch_embed.text_proj(text.to(patch_embed.text_proj.weight.dtype)).to(dtype)
+    compute = lambda layer: dtype if layer.weight.dtype.itemsize == 1 else layer.weight.dtype  # noqa: E731
+    text = patch_embed.text_proj(text.to(compute(patch_embed.text_proj))).to(dtype)
     b, f, c, h, w = video.shape
-    video = patch_embed.proj(video.reshape(-1, c, h, w).to(patch_embed.proj.weight.dtype)).to(dtype)
+    video = patch_embed.proj(video.reshape(-1, c, h, w).to(compute(patch_embed.proj))).to(dtype)
     video = video.view(b, f, *video.shape[1:]).flatten(3).transpose(2, 3).flatten(1, 2)
     if pos is not None:
         video = video + pos

@@ -6,15 +6,19 @@ from ..errors import VAPFormatError
 from ..formats.expert_file import read_expert
 
 
-def load_expert(path: str):
+def load_expert(path: str, weight_dtype: str = "default"):
+    """The expert in ``path``; ``weight_dtype`` as core's UNETLoader: "default" (the file's dtypes),
+    "fp8_e4m3fn", "fp8_e4m3fn_fast" or "fp8_e5m2" (see weight_dtype.py)."""
+    from .weight_dtype import apply_weight_dtype, model_options
+    model_options(weight_dtype)  # refuse an unknown choice before reading the file
     sd, metadata = read_expert(path)
     variant = metadata.get("vap_variant")
     if variant == WAN:
         from ..wan.apply import build_wan_expert
-        return build_wan_expert(sd, metadata, source=path)
+        return apply_weight_dtype(build_wan_expert(sd, metadata, source=path), weight_dtype)
     if variant == COG:
         from ..cogvideox.apply import build_cog_expert
-        return build_cog_expert(sd, metadata, source=path)
+        return apply_weight_dtype(build_cog_expert(sd, metadata, source=path), weight_dtype)
     raise VAPFormatError(f"'{path}': unknown VAP variant '{variant}'. Convert the official checkpoint again.")
 
 
