@@ -40,7 +40,7 @@ class CogVAPWrapper(ExpertWrapper):
                                    "captions): encode the reference with the VAP CogVideoX conditioning node.")
         if transformer_options is None:
             transformer_options = {}
-        expert = self.expert_patcher.model
+        expert = self.expert_patcher_for(cog).model
         if not self.active(transformer_options):
             # outside the active range: the official base (its RoPE), not ComfyUI's plain forward, which runs
             # CogVideoX-5b-I2V without RoPE (docs/COGVIDEOX.md), so the steps stay one model

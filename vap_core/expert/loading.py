@@ -14,12 +14,20 @@ def load_expert(path: str, weight_dtype: str = "default"):
     sd, metadata = read_expert(path)
     variant = metadata.get("vap_variant")
     if variant == WAN:
-        from ..wan.apply import build_wan_expert
-        return apply_weight_dtype(build_wan_expert(sd, metadata, source=path), weight_dtype)
-    if variant == COG:
-        from ..cogvideox.apply import build_cog_expert
-        return apply_weight_dtype(build_cog_expert(sd, metadata, source=path), weight_dtype)
-    raise VAPFormatError(f"'{path}': unknown VAP variant '{variant}'. Convert the official checkpoint again.")
+        from ..wan.apply import build_wan_expert as build
+    elif variant == COG:
+        from ..cogvideox.apply import build_cog_expert as build
+    else:
+        raise VAPFormatError(f"'{path}': unknown VAP variant '{variant}'. Convert the official checkpoint again.")
+    expert = apply_weight_dtype(build(sd, metadata, source=path), weight_dtype)
+    # how ComfyUI reloads a model for another GPU (multi-GPU deep clones), as core loaders register theirs
+    expert.patcher.cached_patcher_init = (load_expert_patcher, (path, weight_dtype))
+    return expert
+
+
+def load_expert_patcher(path: str, weight_dtype: str = "default", **_host_options):
+    """The expert's ModelPatcher freshly loaded from ``path`` (``cached_patcher_init`` factory)."""
+    return load_expert(path, weight_dtype).patcher
 
 
 def apply_expert(model, expert, start: float = 0.0, end: float = 1.0):

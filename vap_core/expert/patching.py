@@ -9,6 +9,7 @@ so every other ``DIFFUSION_MODEL`` wrapper runs whichever side of it it sits
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +79,12 @@ class ExpertWrapper:
         self.expert_patcher = expert_patcher
         self.start, self.end = float(start), float(end)
         self.cache = {}
+        # multi-GPU deep clones (MultiGPU CFG Split): each clone's diffusion model -> that clone's expert patcher
+        self.clone_experts = weakref.WeakKeyDictionary()
+
+    def expert_patcher_for(self, diffusion_model):
+        """The expert that runs beside ``diffusion_model``: its device's deep clone, else the attached one."""
+        return self.clone_experts.get(diffusion_model, self.expert_patcher)
 
     def __deepcopy__(self, memo):
         return self  # never duplicate the expert, whatever copies the options (docs/HOST_INTEGRATION.md#why-clones-share-the-expert)
@@ -112,6 +119,30 @@ def _clear_after_sampling(wrapper: ExpertWrapper):
     return outer_sample
 
 
+def _on_deepclone_multigpu(wrapper: ExpertWrapper):
+    """ComfyUI's multi-GPU deep clone reloads the base and deep-clones its additional models (the expert too, from
+    its ``cached_patcher_init``); the shared wrapper must then run each clone with that clone's expert."""
+    def callback(original, clone):
+        experts = clone.get_additional_models_with_key(WRAPPER_KEY)
+        if experts:
+            wrapper.clone_experts[clone.model.diffusion_model] = experts[0]
+    return callback
+
+
+MEMORY_PATCHES = ("memory_usage_factor_conds", "extra_conds_shapes")
+
+
+def _count_reference_before_estimate(executor, model, *args, **kwargs):
+    """PREPARE_SAMPLING wrapper: ComfyUI estimates the memory of a run before it loads the model, i.e. before the
+    object patches that count the reference tokens are applied on a first load. Apply those two now, recording
+    the originals where ``patch_model``/``unpatch_model`` keep them, so the first estimate counts the reference
+    and unloading restores the base exactly."""
+    for name in MEMORY_PATCHES:
+        if name in model.object_patches and name not in model.object_patches_backup:
+            model.object_patches_backup[name] = comfy.utils.set_attr(model.model, name, model.object_patches[name])
+    return executor(model, *args, **kwargs)
+
+
 def _extra_conds_shapes_with_reference(base_model):
     original = base_model.extra_conds_shapes
 
@@ -129,7 +160,8 @@ def attach(model, expert: VAPExpert, wrapper: ExpertWrapper):
     wrappers = comfy.patcher_extension.WrappersMP
     patched = model.clone()
     patched.set_additional_models(WRAPPER_KEY, [expert.patcher])
-    for kind, hook in ((wrappers.DIFFUSION_MODEL, wrapper), (wrappers.OUTER_SAMPLE, _clear_after_sampling(wrapper))):
+    for kind, hook in ((wrappers.DIFFUSION_MODEL, wrapper), (wrappers.OUTER_SAMPLE, _clear_after_sampling(wrapper)),
+                       (wrappers.PREPARE_SAMPLING, _count_reference_before_estimate)):
         patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
         patched.add_wrapper_with_key(kind, WRAPPER_KEY, hook)
     # the reference adds tokens in expert blocks: let ComfyUI's memory estimates count them
@@ -137,4 +169,7 @@ def attach(model, expert: VAPExpert, wrapper: ExpertWrapper):
     conds = tuple(base_model.memory_usage_factor_conds)
     patched.add_object_patch("memory_usage_factor_conds", conds + ((REF_LATENT,) if REF_LATENT not in conds else ()))
     patched.add_object_patch("extra_conds_shapes", _extra_conds_shapes_with_reference(base_model))
+    patched.remove_callbacks_with_key(comfy.patcher_extension.CallbacksMP.ON_DEEPCLONE_MULTIGPU, WRAPPER_KEY)
+    patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_DEEPCLONE_MULTIGPU, WRAPPER_KEY,
+                                  _on_deepclone_multigpu(wrapper))
     return patched

@@ -46,7 +46,7 @@ class WanVAPWrapper(ExpertWrapper):
         key = None
         if uuids:
             key = (tuple(uuids), tuple(kwargs[REF_LATENT].shape), tuple(kwargs[REF_CONTEXT].shape), x.dtype, x.device,
-                   id(expert), self.expert_patcher.patches_uuid, repr(transformer_options.get("rope_options")))
+                   id(expert), self.expert_patcher_for(wan).patches_uuid, repr(transformer_options.get("rope_options")))
             if key in self.cache:
                 return self.cache[key]
         clip = kwargs.get(REF_CLIP)
@@ -79,7 +79,7 @@ class WanVAPWrapper(ExpertWrapper):
             return original(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
         if time_dim_concat is not None:
             raise VAPModelMismatch("VAP cannot be combined with Phantom-style time_dim_concat conditioning: remove that node.")
-        expert = self.expert_patcher.model
+        expert = self.expert_patcher_for(wan).model
         ref = self.reference(wan, expert, x, transformer_options, kwargs)
         return wan_mot.vap_forward(wan, expert, x, timestep, context, clip_fea, transformer_options, ref)
 
