@@ -86,7 +86,7 @@ def main(argv=None):
         startup = min(x["startup_s"] for x in results if x["servers"] == n)
         lines.append(f"| {n} | {rpm[n]:.1f} | {rpm[n] / rpm[1]:.2f} | {startup:.1f} |")
     lines += ["", f"{os.cpu_count()} cores shared by every server: the 2-server ratio is bounded by the cores "
-              "(each CPU server already uses several threads). With one GPU per server, rows/min(N) ~ N x "
+              "(`--launch N` gives each CPU server cores/N threads; without that their thread pools fought: 0.12x). With one GPU per server, rows/min(N) ~ N x "
               "rows/min(1) while there are at least N rows left, less each row's upload/download."]
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:

@@ -30,7 +30,8 @@ def servers(tmp_path_factory):
     base = tmp_path_factory.mktemp("servers_base")
     assets.make_base_directory(str(base), cog=False)
     started = [ch.ComfyServer(host.COMFYUI_PATH, custom_node_dirs=[(PACK, "ComfyUI-VAP"), assets.STANDIN_NODES_DIR],
-                              base_directory=str(base), cpu=True, database_path=str(base / f"db{i}.sqlite"))
+                              base_directory=str(base), cpu=True, database_path=str(base / f"db{i}.sqlite"),
+                              env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # two servers, two cores
                for i in range(2)]
     try:
         for s in started:

@@ -95,7 +95,7 @@ class ComfyServer:
     def __init__(self, comfyui: str, custom_node_dirs: list[str] = (), base_directory: str | None = None,
                  input_directory: str | None = None, output_directory: str | None = None, cpu: bool = False,
                  extra_args: list[str] = (), python: str | None = None, log_path: str | None = None,
-                 database_path: str | None = None):
+                 database_path: str | None = None, env: dict | None = None):
         self.comfyui = comfyui
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -129,6 +129,7 @@ class ComfyServer:
             args.append("--cpu")
         args += list(extra_args)
         self.args = args
+        self.env = dict(env or {})  # on top of this process's environment
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 300.0) -> "ComfyServer":
@@ -138,7 +139,7 @@ class ComfyServer:
     def launch(self) -> "ComfyServer":
         """Start the process (returns at once; :meth:`wait_ready` waits for it to answer)."""
         log = open(self.log_path, "ab")
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.process = subprocess.Popen(self.args, cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
