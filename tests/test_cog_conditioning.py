@@ -46,15 +46,21 @@ def _keys(pack):
     return ca.REF_LATENT, ca.REF_CONTEXT, ca.REF_COUNT
 
 
+def _official_bounds(t, step=8):
+    """diffusers ``AutoencoderKLCogVideoX._encode``'s frame chunks, written out: max(t // 8, 1) chunks, the FIRST
+    one carrying the remainder ([0 : 8 + t % 8]), then 8 at a time. 9 or 13 frames: one chunk; 17: [0:9], [9:17]."""
+    rest = t % step
+    return [(step * i + (0 if i == 0 else rest), step * (i + 1) + rest) for i in range(max(t // step, 1))]
+
+
 def _official_distribution(vae, video):
     """Official ``vae.encode(video).latent_dist`` parameters for video [1, 3, T, H, W] in -1..1, rebuilt from
-    the encoder: frames encoded in chunks of 8 with the remainder first, moments split into mean | logvar."""
+    ComfyUI's encoder (the official network) in the official chunks with the causal cache carried, moments split
+    into mean | logvar."""
     model = vae.first_stage_model
-    step, t = 8, video.shape[2]
-    bounds = ([(0, t % step)] if t % step else []) + [(s, s + step) for s in range(t % step, t, step)]
     cache, out = None, []
     with torch.no_grad():
-        for a, b in bounds:
+        for a, b in _official_bounds(video.shape[2]):
             chunk, cache = model.encoder(video[:, :, a:b].to(vae.vae_dtype), conv_cache=cache)
             out.append(chunk.float())
     mean, logvar = torch.cat(out, 2).chunk(2, dim=1)
@@ -76,13 +82,19 @@ def _official_mode_reference(vae, frames):
 
 # ------------------------------------------------------------------------------------------ tests
 
-def test_posterior_mean_is_comfyuis_vae_encode(pack, vae):
-    """The pack keeps the log-variance by repeating the VAE's chunked encode: its mean must be VAE Encode's."""
+def test_posterior_uses_the_official_frame_chunks(pack, vae):
+    """The pack's posterior is the official one (first chunk [0 : 8 + T % 8]): equal to VAE Encode where both loops
+    make the same chunks (1 or 5 frames), and NOT equal where ComfyUI's encode puts the remainder in a chunk of its
+    own (9 frames: [0:1] + [1:9]; 13: [0:5] + [5:13]; 17: [0:1] + [1:9] + [9:17])."""
     cc = pack.vap_core.cogvideox.conditioning
-    for frames in (_frames(11, n=1), _frames(12, n=LENGTH), _frames(13, n=13)):
+    for n in (1, LENGTH, 9, 13, 17):
+        frames = _frames(10 + n, n=n)
         mean, logvar = cc.posterior(vae, frames)
-        assert torch.equal(mean, vae.encode(frames).float())
-        assert mean.shape == logvar.shape and torch.isfinite(logvar).all()
+        expected_mean, expected_logvar = _official_distribution(vae, _video(frames))
+        assert torch.equal(mean, expected_mean), n
+        assert torch.equal(logvar.clamp(-30.0, 20.0), expected_logvar), n
+        same_chunks = n % 8 == n   # fewer than 8 frames: one chunk in both loops
+        assert torch.equal(mean, vae.encode(frames).float()) == same_chunks, n
 
 
 def test_mode_inputs_equal_official_rebuild(pack, vae, inputs):

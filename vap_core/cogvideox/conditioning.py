@@ -28,6 +28,7 @@ import node_helpers
 
 from .apply import REF_CONTEXT, REF_COUNT, REF_KEYS, REF_LATENT
 from .mot import MAX_REFERENCES
+from .vae_official import posterior
 from ..errors import VAPInputError
 from ..wan import conditioning as wan_conditioning
 from ..wan.conditioning import check_reference_frames, check_size, fit_reference_frames
@@ -132,34 +133,6 @@ def validate(positive, negative, vae, width, height, length, start_image, refs, 
 
 # ------------------------------------------------------------------------------------------- math
 
-def _pixels(vae, frames: torch.Tensor) -> torch.Tensor:
-    """IMAGE [T, H, W, 3] -> [1, 3, T, H, W] in the VAE's input range (as ``comfy.sd.VAE.encode`` prepares it)."""
-    pixels = vae.vae_encode_crop_pixels(frames[..., :3]).movedim(-1, 1)
-    return vae.process_input(pixels.movedim(1, 0).unsqueeze(0))
-
-
-def posterior(vae, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, logvar) [1, 16, F, H/8, W/8] of the CogVideoX VAE posterior, float32.
-
-    ComfyUI's ``AutoencoderKLCogVideoX.encode`` runs the same encoder chunks but keeps only the mean; this
-    repeats its chunking (remainder frames first, then batches) to keep the log-variance too
-    (tests/test_cog_conditioning.py checks the mean equals ``vae.encode`` exactly)."""
-    pixels = _pixels(vae, frames)
-    comfy.model_management.load_models_gpu([vae.patcher], memory_required=vae.memory_used_encode(pixels.shape, vae.vae_dtype))
-    model = vae.first_stage_model
-    x = pixels.to(device=vae.device, dtype=vae.vae_dtype)
-    step = model.num_sample_frames_batch_size
-    first = x.shape[2] % step
-    bounds = ([(0, first)] if first else []) + [(s, s + step) for s in range(first, x.shape[2], step)]
-    cache, chunks = None, []
-    with torch.no_grad():
-        for start, end in bounds:
-            chunk, cache = model.encoder(x[:, :, start:end], conv_cache=cache)
-            chunks.append(chunk.float())
-    mean, logvar = torch.cat(chunks, dim=2).chunk(2, dim=1)
-    return mean.to(vae.output_device), logvar.to(vae.output_device)
-
-
 class LatentDrawer:
     """Encodes frames to VAE latents (unscaled) by posterior mode or seeded posterior sample."""
 
@@ -168,9 +141,9 @@ class LatentDrawer:
         self.generator = torch.Generator().manual_seed(int(seed)) if mode == "sample" else None
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        mean, logvar = posterior(self.vae, frames)   # official frame chunks (vae_chunks), not VAE Encode's
         if self.mode == "mode":
-            return self.vae.encode(frames[..., :3]).float()
-        mean, logvar = posterior(self.vae, frames)
+            return mean
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))   # diffusers DiagonalGaussianDistribution
         noise = torch.randn(mean.shape, generator=self.generator, dtype=torch.float32)
         return mean + std * noise.to(mean.device)
