@@ -117,28 +117,46 @@ def test_mode_inputs_equal_official_rebuild(pack, vae, inputs):
     assert "model_conds" not in inputs["positive"][0][1]
 
 
-def test_sample_mode_draws_the_posterior_in_documented_order(pack, vae, inputs):
-    """sample: mean + exp(logvar/2) * N(0,1) from a CPU generator seeded with `seed`, drawn for the start
-    image, then per reference its clip and its first frame (the official pipeline's order of VAE samples)."""
-    positive, _, _ = _run(pack, vae, inputs, latent_mode="sample", seed=123)
-    g = torch.Generator().manual_seed(123)
+def _official_stream(seed, n_refs, latent_frames, batch=1):
+    """The official one-generator order, written out: image eps, the noise [B, F, 16, h, w], every reference
+    clip's eps, every reference first frame's eps."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = H // 8, W // 8
+    image = torch.randn(1, 16, 1, h, w, generator=g)
+    noise = torch.randn(batch, latent_frames, 16, h, w, generator=g)
+    clips = [torch.randn(1, 16, latent_frames, h, w, generator=g) for _ in range(n_refs)]
+    firsts = [torch.randn(1, 16, 1, h, w, generator=g) for _ in range(n_refs)]
+    return image, noise, clips, firsts
 
-    def draw(frames):
+
+@pytest.mark.parametrize("n, batch", [(1, 1), (2, 1), (1, 2)])
+def test_sample_mode_replays_the_official_stream(pack, vae, inputs, n, batch):
+    """sample: mean + exp(logvar/2) * eps with eps from ONE CPU generator seeded with `seed`, in the official order
+    (image, [noise], every clip, every first frame); the noise numbers are skipped, not reused."""
+    extra = {"reference_frames_2": _frames(22), "ref_positive_2": _text(32)} if n == 2 else {}
+    positive, _, _ = _run(pack, vae, inputs, latent_mode="sample", seed=123, batch_size=batch, **extra)
+    clips_in = [inputs["reference_frames"]] + ([extra["reference_frames_2"]] if n == 2 else [])
+    image_eps, _, clip_eps, first_eps = _official_stream(123, n, 2, batch)
+
+    def sample(frames, eps):
         mean, logvar = _official_distribution(vae, _video(frames))
-        return mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)
+        return mean + torch.exp(0.5 * logvar) * eps
 
-    image = draw(inputs["start_image"])
-    clip = draw(inputs["reference_frames"])
-    first = draw(inputs["reference_frames"][:1])
-    first = torch.cat([first, first.new_zeros(first.shape[:2] + (clip.shape[2] - 1,) + first.shape[3:])], 2)
+    image = sample(inputs["start_image"], image_eps)
+    refs = []
+    for clip_frames, c_eps, f_eps in zip(clips_in, clip_eps, first_eps):
+        clip = sample(clip_frames, c_eps)
+        first = sample(clip_frames[:1], f_eps)
+        first = torch.cat([first, first.new_zeros(first.shape[:2] + (clip.shape[2] - 1,) + first.shape[3:])], 2)
+        refs.append(torch.cat([clip, first], 1) * SCALE_5B)
     ref_key = _keys(pack)[0]
     torch.testing.assert_close(positive[0][1]["concat_latent_image"], image, rtol=0, atol=1e-6)
-    torch.testing.assert_close(_conds(positive)[ref_key].cond, torch.cat([clip, first], 1) * SCALE_5B, rtol=0, atol=1e-6)
-    again, _, _ = _run(pack, vae, inputs, latent_mode="sample", seed=123)
-    other, _, _ = _run(pack, vae, inputs, latent_mode="sample", seed=124)
+    torch.testing.assert_close(_conds(positive)[ref_key].cond, torch.cat(refs, 2), rtol=0, atol=1e-6)
+    again, _, _ = _run(pack, vae, inputs, latent_mode="sample", seed=123, batch_size=batch, **extra)
+    other, _, _ = _run(pack, vae, inputs, latent_mode="sample", seed=124, batch_size=batch, **extra)
     assert torch.equal(_conds(again)[ref_key].cond, _conds(positive)[ref_key].cond)
     assert not torch.allclose(_conds(other)[ref_key].cond, _conds(positive)[ref_key].cond)
-    mode, _, _ = _run(pack, vae, inputs, latent_mode="mode")
+    mode, _, _ = _run(pack, vae, inputs, latent_mode="mode", batch_size=batch, **extra)
     assert not torch.allclose(_conds(mode)[ref_key].cond, _conds(positive)[ref_key].cond)
 
 

@@ -9,11 +9,13 @@ What the official ``CogVideoXImageToVideoMOTPipeline`` prepares (docs/OFFICIAL_M
   frame's latents zero-padded to F frames, x0.7; references concatenated on frames (``cog_apply``).
 * ``vap_ref_context`` [1, 226*n, D]: the captions' T5 states (226 tokens each, padding not zeroed), concatenated.
 
-The official pipeline SAMPLES every latent from the VAE posterior (``latent_dist.sample(generator)``); ComfyUI's
-VAE returns the posterior mean. ``latent_mode="sample"`` draws from the posterior with a seeded CPU generator
-(order: start image, then per reference its clip and its first frame); ``"mode"`` uses the mean (deterministic,
-what ComfyUI's VAE Encode gives). Neither reproduces the official random numbers bit for bit: torch's
-generator streams differ by device and the official draw interleaves the sampling noise.
+The official pipeline SAMPLES every latent from the VAE posterior (``latent_dist.sample(generator)``) and draws
+those samples and the initial noise from ONE generator: image eps, noise, every reference clip's eps, every
+reference first frame's eps (``official_rng``). ``latent_mode="sample"`` replays that stream from ``seed`` (a CPU
+generator, as the official call with ``generator=torch.Generator('cpu').manual_seed(seed)``) and takes the eps
+numbers; the noise numbers in between are left to the sampler's noise node ('VAP Official Noise' with the same
+seed gives them), so the whole graph reproduces the official random numbers exactly. ``"mode"`` uses the posterior
+mean (deterministic). Every encode runs in the official frame chunks (``vae_official``), not VAE Encode's.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import node_helpers
 
 from .apply import REF_CONTEXT, REF_COUNT, REF_KEYS, REF_LATENT
 from .mot import MAX_REFERENCES
+from .official_rng import CogDraws, cog_draws
 from .vae_official import posterior
 from ..errors import VAPInputError
 from ..wan import conditioning as wan_conditioning
@@ -133,20 +136,32 @@ def validate(positive, negative, vae, width, height, length, start_image, refs, 
 
 # ------------------------------------------------------------------------------------------- math
 
-class LatentDrawer:
-    """Encodes frames to VAE latents (unscaled) by posterior mode or seeded posterior sample."""
+def latent_shape(batch_size: int, length: int, width: int, height: int) -> tuple[int, ...]:
+    """The target latent [B, 16, (length-1)/4+1, H/8, W/8] in ComfyUI's layout."""
+    return (batch_size, LATENT_CHANNELS, (length - 1) // 4 + 1, height // 8, width // 8)
 
-    def __init__(self, vae, mode: str, seed: int):
-        self.vae, self.mode = vae, mode
-        self.generator = torch.Generator().manual_seed(int(seed)) if mode == "sample" else None
 
-    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        mean, logvar = posterior(self.vae, frames)   # official frame chunks (vae_chunks), not VAE Encode's
-        if self.mode == "mode":
-            return mean
-        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))   # diffusers DiagonalGaussianDistribution
-        noise = torch.randn(mean.shape, generator=self.generator, dtype=torch.float32)
-        return mean + std * noise.to(mean.device)
+def draws_for(latent_mode: str, seed: int, target_shape, references: int, device: str = "cpu") -> CogDraws | None:
+    """The official stream's numbers for ``references`` references of the target's frame count (every
+    reference has the target's length), or None for ``latent_mode`` mode. Any node that encodes part of the
+    conditioning replays the same stream from the same seed (``official_rng``)."""
+    if latent_mode != "sample":
+        return None
+    return cog_draws(seed, target_shape, [target_shape[2]] * references, device=device)
+
+
+def encode(vae, frames: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
+    """Unscaled VAE latents [1, 16, f, H/8, W/8] of IMAGE ``frames``: the posterior mean (``eps`` None) or the
+    official posterior sample ``mean + exp(0.5 * clamp(logvar, -30, 20)) * eps`` (diffusers
+    DiagonalGaussianDistribution), encoded in the official frame chunks."""
+    mean, logvar = posterior(vae, frames)
+    if eps is None:
+        return mean
+    if tuple(eps.shape) != tuple(mean.shape):
+        raise RuntimeError(f"VAP: the official random stream was replayed for latents {tuple(eps.shape)} but the VAE "
+                           f"gave {tuple(mean.shape)} (a bug: please report it).")
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    return mean + std * eps.to(mean.device)
 
 
 def pad_frames(latent: torch.Tensor, frames: int) -> torch.Tensor:
@@ -155,11 +170,20 @@ def pad_frames(latent: torch.Tensor, frames: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference_latent(draw: LatentDrawer, frames: torch.Tensor) -> torch.Tensor:
-    """One reference in model space: [1, 32, F, H/8, W/8] = cat(clip latents, first-frame latents padded) x0.7."""
-    clip = draw(frames)
-    first = pad_frames(draw(frames[:1]), clip.shape[2])
-    return torch.cat([clip, first.to(clip.device)], dim=1) * latent_scale()
+def reference_latents(vae, clips: list[torch.Tensor], draws: CogDraws | None) -> torch.Tensor:
+    """The references in model space, [1, 32, n*F, H/8, W/8]: per reference cat(clip latents, first-frame latents
+    zero-padded) on channels x0.7, references on frames. Official encode order: every clip, then every first frame
+    (``draws`` gives each its own eps)."""
+    latents = [encode(vae, frames, draws.clip_eps[i] if draws else None) for i, frames in enumerate(clips)]
+    firsts = [encode(vae, frames[:1], draws.first_eps[i] if draws else None) for i, frames in enumerate(clips)]
+    return torch.cat([torch.cat([clip, pad_frames(first, clip.shape[2]).to(clip.device)], dim=1)
+                      for clip, first in zip(latents, firsts)], dim=2) * latent_scale()
+
+
+@torch.no_grad()
+def image_latent(vae, start_image: torch.Tensor, width: int, height: int, draws: CogDraws | None) -> torch.Tensor:
+    """The start image's unscaled latent [1, 16, 1, H/8, W/8] (core's ``concat_latent_image``)."""
+    return encode(vae, fit_image(start_image, width, height), draws.image_eps if draws else None)
 
 
 def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -190,18 +214,16 @@ def negative_reference_context(ref_negative, n: int):
 
 
 def condition(positive, negative, vae, width, height, length, batch_size, start_image, refs,
-              latent_mode="sample", seed=0, ref_negative=None):
+              latent_mode="sample", seed=0, ref_negative=None, rng_device="cpu"):
     """(positive, negative, latent dict) for CogVideoX-I2V VAP. Call ``validate`` first."""
-    draw = LatentDrawer(vae, latent_mode, seed)
-    image_latent = draw(fit_image(start_image, width, height))
-    ref_latent = torch.cat([reference_latent(draw, fit_reference_frames(frames, width, height))
-                            for frames, _, _ in refs], dim=2)
     n = len(refs)
+    shape = latent_shape(batch_size, length, width, height)
+    draws = draws_for(latent_mode, seed, shape, n, rng_device)
+    image = image_latent(vae, start_image, width, height, draws)
+    ref_latent = reference_latents(vae, [fit_reference_frames(frames, width, height) for frames, _, _ in refs], draws)
     pos_context = torch.cat([caption_states(caption, f"the caption of {label}") for _, caption, label in refs], dim=1)
-    positive = attach(fit_target(positive, "the prompt"), image_latent, ref_latent, n, lambda states: pos_context)
-    negative = attach(fit_target(negative, "the negative prompt"), image_latent, ref_latent, n,
+    positive = attach(fit_target(positive, "the prompt"), image, ref_latent, n, lambda states: pos_context)
+    negative = attach(fit_target(negative, "the negative prompt"), image, ref_latent, n,
                       negative_reference_context(ref_negative, n))
-    latent_frames = (length - 1) // 4 + 1
-    samples = torch.zeros([batch_size, LATENT_CHANNELS, latent_frames, height // 8, width // 8],
-                          device=comfy.model_management.intermediate_device())
+    samples = torch.zeros(shape, device=comfy.model_management.intermediate_device())
     return positive, negative, {"samples": samples}
