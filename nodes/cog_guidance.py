@@ -22,14 +22,18 @@ class VAPDynamicCFGGuider(io.ComfyNode):
                 io.Boolean.Input("dynamic", default=True,
                                  tooltip="On: the official dynamic schedule (demo default). Off: constant cfg, "
                                          "like the core CFG Guider."),
+                io.Boolean.Input("zero_terminal_snr", default=False, optional=True,
+                                 tooltip="On: the first step at alpha_bar(999) = 0 exactly, as the official "
+                                         "CogVideoX scheduler (zero terminal SNR); ComfyUI's schedule stops at "
+                                         "4.9e-8, which moves the result by ~1e-3. Off: core's schedule."),
             ],
             outputs=[io.Guider.Output()],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, cfg, dynamic=True) -> io.NodeOutput:
+    def execute(cls, model, positive, negative, cfg, dynamic=True, zero_terminal_snr=False) -> io.NodeOutput:
         from ..vap_core.cogvideox.guider import DynamicCFGGuider
-        guider = DynamicCFGGuider(model, dynamic=dynamic)
+        guider = DynamicCFGGuider(model, dynamic=dynamic, zero_terminal_snr=zero_terminal_snr)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         return io.NodeOutput(guider)

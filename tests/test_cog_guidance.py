@@ -149,3 +149,62 @@ def test_constant_cfg_when_dynamic_is_off(pack, tiny):
     latent = torch.zeros(1, 16, *i["x"].shape[2:])
     guider.sample(torch.randn(latent.shape), latent, void.VOID_DDIM(), sigmas, seed=0, disable_pbar=True)
     assert guider.scales == [4.5, 4.5]
+
+
+def test_zero_terminal_snr_is_the_official_first_step(pack, tiny):
+    """zero_terminal_snr: the loop runs at the official alpha_bar(999) = 0 (step 0: x0 = -v, noise estimate = x)
+    through core's VOIDSampler; off, core's 4.9e-8 measurably differs from that loop."""
+    import comfy.samplers
+    import comfy_extras.nodes_void as void
+    model = tiny["model"]
+    i = _inputs(tiny["config"], seed=23)
+    image = i["x"][:1, 16:, :1].clone()
+    steps, g = 4, 6.0
+    sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", steps)
+    latent = torch.zeros(1, 16, *i["x"].shape[2:])
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(8))
+    outs = {}
+    for zsnr in (True, False):
+        guider = pack.nodes.cog_guidance.VAPDynamicCFGGuider.execute(model, *_conds(pack, i, image), g, True,
+                                                                     zsnr).args[0]
+        outs[zsnr] = guider.sample(noise, latent, void.VOID_DDIM(), sigmas, seed=0, disable_pbar=True)
+        timesteps = official_trailing_timesteps(steps)
+        assert guider.scales == [1 + g * ((1 - math.cos(math.pi * ((steps - t) / steps) ** 5.0)) / 2)
+                                 for t in timesteps]
+    # core's table elsewhere (alpha_bar at t < 999 agrees with the official to 1e-7 relative), the official 0 at 999
+    alphas = 1 / (1 + sampling.sigmas.double() ** 2)
+    alphas[-1] = 0.0
+    scale = model.model.latent_format.scale_factor
+    image_latents = torch.cat([image * scale, torch.zeros_like(i["x"][:1, 16:, 1:])], dim=2)
+    expected = _official_loop(pack, model, i, image_latents, noise, official_trailing_timesteps(steps), alphas, g)
+    on = (outs[True] * scale - expected).abs().max().item()
+    off = (outs[False] * scale - expected).abs().max().item()
+    assert on < 2e-5, on          # float32 arithmetic of core's alpha-space DDIM vs the official coefficients
+    assert off > 10 * on, (on, off)
+    # the schedule the other nodes see is untouched: the object patch lives on the guider's clone only
+    assert torch.isfinite(model.get_model_object("model_sampling").sigmas).all()
+
+
+def test_zero_terminal_snr_sampling_maps_infinity(pack):
+    import comfy.model_base
+    import comfy.model_sampling
+    import comfy.supported_models
+    ts = pack.vap_core.cogvideox.terminal_snr
+    config = comfy.supported_models.CogVideoX_I2V({"image_model": "cogvideox", "in_channels": 32,
+                                                   "num_attention_heads": 48})
+    sampling = pack.vap_core.cogvideox.terminal_snr.zero_terminal_snr_sampling(
+        comfy.model_base.model_sampling(config, comfy.model_base.ModelType.V_PREDICTION_DDPM))
+    sigma = torch.tensor([float("inf"), sampling.sigmas[749].item()])
+    assert sampling.timestep(sigma).tolist() == [999, 749]
+    v, x = torch.randn(2, 3), torch.randn(2, 3)
+    denoised = sampling.calculate_denoised(sigma, v, x)
+    assert torch.equal(denoised[0], -v[0])
+    a = 1 / (1 + sigma[1] ** 2)
+    torch.testing.assert_close(denoised[1], a.sqrt() * x[1] - (1 - a).sqrt() * v[1])
+    sigmas = torch.tensor([sampling.sigmas[-1].item(), 1.0, 0.0])
+    assert ts.terminal_to_infinity(sigmas, sampling).tolist() == [float("inf"), 1.0, 0.0]
+    from comfyui_vap.vap_core.errors import VAPInputError
+    flow = comfy.model_sampling.ModelSamplingDiscreteFlow()
+    with pytest.raises(VAPInputError, match="zero_terminal_snr off"):
+        ts.zero_terminal_snr_sampling(flow)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import comfy.samplers
 
 from .dynamic_cfg import dynamic_guidance_scale
+from .terminal_snr import terminal_to_infinity, with_zero_terminal_snr
 
 
 class DynamicCFGGuider(comfy.samplers.CFGGuider):
@@ -12,10 +13,13 @@ class DynamicCFGGuider(comfy.samplers.CFGGuider):
     ``t`` is the model's discrete timestep of the current sigma (``model_sampling.timestep``), ``N`` the number of
     steps of the sigmas handed to the sampler. Guidance is applied by ComfyUI's ``sampling_function`` on the
     denoised prediction, which for a v-prediction model equals the official guidance on the velocity (both
-    are the same affine function of the model output for cond and uncond)."""
+    are the same affine function of the model output for cond and uncond).
 
-    def __init__(self, model_patcher, dynamic: bool = True):
-        super().__init__(model_patcher)
+    ``zero_terminal_snr``: the first step at alpha_bar(999) = 0 as the official scheduler (``terminal_snr``)."""
+
+    def __init__(self, model_patcher, dynamic: bool = True, zero_terminal_snr: bool = False):
+        self.zero_terminal_snr = bool(zero_terminal_snr)
+        super().__init__(with_zero_terminal_snr(model_patcher) if self.zero_terminal_snr else model_patcher)
         self.dynamic = dynamic
         self.steps = None
         self.scales: list[float] = []   # the scale used at each model call of the last run (for inspection)
@@ -23,6 +27,8 @@ class DynamicCFGGuider(comfy.samplers.CFGGuider):
     def outer_sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
         self.steps = len(sigmas) - 1
         self.scales = []
+        if self.zero_terminal_snr:
+            sigmas = terminal_to_infinity(sigmas, self.model_patcher.get_model_object("model_sampling"))
         return super().outer_sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
 
     def scale_at(self, sigma) -> float:
