@@ -183,6 +183,8 @@ def test_runner_overrides_seed_and_steps_of_a_custom_sampler_graph():
     api = _load("cog_vap_official")
     run.apply_overrides(api, run.parse_args(["--seed", "7", "--steps", "3"]))
     assert _by_title(api, "Noise")["inputs"]["noise_seed"] == 7
+    # one official stream: the conditioning's VAE samples and the noise come from the same seed
+    assert _by_title(api, "VAP CogVideoX Conditioning")["inputs"]["seed"] == 7
     assert _by_title(api, "Scheduler")["inputs"]["steps"] == 3
 
 

@@ -134,7 +134,7 @@ def wan_vap_graph(lora: bool) -> dict:
 
 # CogVideoX official demo (infer/cog_vap.py, docs/OFFICIAL_MODEL.md#cogvideox-pipeline): 720x480, 49 frames, 50 steps, dynamic CFG 6, fps 16
 COG_WIDTH, COG_HEIGHT, COG_LENGTH, COG_FPS = 720, 480, 49, 16
-COG_SAMPLING = {"steps": 50, "cfg": 6.0, "dynamic": True, "scheduler": "simple"}
+COG_SAMPLING = {"steps": 50, "cfg": 6.0, "dynamic": True, "zero_terminal_snr": True, "scheduler": "simple"}
 COG_PROMPT = ("A chestnut-colored horse stands on a grassy hill against a backdrop of distant, snow-dusted mountains. "
               "The horse begins to inflate, its defined, muscular body swelling and rounding into a smooth, "
               "balloon-like form while retaining its rich, brown hide color. Without changing its orientation, the "
@@ -174,11 +174,14 @@ def cog_vap_graph() -> dict:
                     batch_size=1, start_image=["11", 0], reference_frames=["12", 0], latent_mode="sample",
                     seed=SEED, ref_negative=["9", 0]),
         "20": _node("VAPDynamicCFGGuider", "VAP Dynamic CFG Guider", model=["3", 0], positive=["17", 0],
-                    negative=["17", 1], cfg=s["cfg"], dynamic=s["dynamic"]),
+                    negative=["17", 1], cfg=s["cfg"], dynamic=s["dynamic"],
+                    zero_terminal_snr=s["zero_terminal_snr"]),
         "21": _node("VOIDSampler", "DDIM (VOIDSampler)"),
         "22": _node("BasicScheduler", "Scheduler", model=["3", 0], scheduler=s["scheduler"], steps=s["steps"],
                     denoise=1.0),
-        "24": _node("RandomNoise", "Noise", noise_seed=SEED),
+        # the official noise: the noise part of the official one-generator stream whose VAE-sample part the
+        # conditioning replays with the same seed (docs/OFFICIAL_MODEL.md#random-numbers)
+        "24": _node("VAPOfficialNoise", "Noise", noise_seed=SEED, variant="cogvideox", device="cpu", dtype="float32"),
         "18": _node("SamplerCustomAdvanced", "Sampler", noise=["24", 0], guider=["20", 0], sampler=["21", 0],
                     sigmas=["22", 0], latent_image=["17", 2]),
         "19": _node("VAEDecode", "VAE Decode", samples=["18", 0], vae=["16", 0]),
@@ -210,7 +213,7 @@ COG_LAYOUT = {
     "1": (0, 0), "2": (0, 130), "3": (0, 240), "5": (0, 400), "16": (0, 560),
     "6": (1, 0), "7": (1, 260), "8": (1, 520), "9": (1, 780),
     "11": (2, 0), "12": (2, 420),
-    "17": (3, 0), "20": (3, 520), "21": (3, 720), "22": (3, 800), "24": (3, 960), "18": (3, 1080),
+    "17": (3, 0), "20": (3, 520), "21": (3, 720), "22": (3, 800), "24": (3, 960), "18": (3, 1180),
     "19": (4, 0), "30": (4, 110), "31": (4, 230),
 }
 COG_GROUPS = [

@@ -90,9 +90,11 @@ def apply_overrides(prompt: dict, args) -> dict:
     if args.negative_prompt is not None:
         set_text(prompt, TITLE_NEGATIVE, args.negative_prompt)
         set_text(prompt, TITLE_REF_NEGATIVE, args.negative_prompt)
-    # KSampler (Wan) or RandomNoise + BasicScheduler (CogVideoX, SamplerCustomAdvanced)
+    # KSampler (Wan) or a NOISE node + BasicScheduler (CogVideoX, SamplerCustomAdvanced). CogVideoX: the
+    # conditioning's seed too, as the official pipeline draws the VAE samples and the noise from one seeded stream
     for class_type, seed_key, steps_key in (("KSampler", "seed", "steps"), ("RandomNoise", "noise_seed", None),
-                                            ("BasicScheduler", None, "steps")):
+                                            ("VAPOfficialNoise", "noise_seed", None),
+                                            ("VAPCogConditioning", "seed", None), ("BasicScheduler", None, "steps")):
         for node in ch.nodes_of(prompt, class_type):
             if args.seed is not None and seed_key:
                 prompt[node]["inputs"][seed_key] = args.seed
