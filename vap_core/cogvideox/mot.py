@@ -135,11 +135,18 @@ def video_positions(table, layout, dim: int, frames: int, height: int, width: in
 def embed(patch_embed, text, video, pos):
     """(text tokens, video tokens) of one patch embedding; ``video`` is [B, F, C, H, W] (the official layout).
 
-    Same arithmetic as ComfyUI's ``CogVideoXPatchEmbed.forward`` (projections in their weight dtype), except that
-    fp8 weights compute in the input's dtype, as comfy.ops manual_cast layers do: casting the input to fp8 would
-    quantize the captions (CPU) or ask for an fp8 matmul that does not exist (CUDA)."""
+    The projections compute in the inputs' dtype (the model's compute dtype), as the official model does: with the
+    float32 upcast of a bf16 release every layer runs in float32. ComfyUI's ``CogVideoXPatchEmbed.forward`` casts
+    the inputs to the stored weight dtype instead, which on bf16 files with float32 compute rounds the captions
+    and latents to bf16 (2e-4 per call). Layers that cast their weights (comfy.ops manual_cast, fp8) take the
+    input as it is; only a layer that cannot cast (weights in another dtype, no cast) gets its weight dtype."""
     dtype = text.dtype
-    compute = lambda layer: dtype if layer.weight.dtype.itemsize == 1 else layer.weight.dtype  # noqa: E731
+
+    def compute(layer):
+        weight = layer.weight.dtype
+        casts = getattr(layer, "comfy_cast_weights", False) or weight.itemsize == 1
+        return dtype if casts or weight == dtype else weight
+
     text = patch_embed.text_proj(text.to(compute(patch_embed.text_proj))).to(dtype)
     b, f, c, h, w = video.shape
     video = patch_embed.proj(video.reshape(-1, c, h, w).to(compute(patch_embed.proj))).to(dtype)
