@@ -128,8 +128,9 @@ def test_bad_input_fails_clearly_and_the_server_keeps_serving(server, case, tmp_
         bad[REFERENCE]["inputs"]["file"] = "corrupt.mp4"
         node, words = REFERENCE, ["corrupt.mp4", "damaged or not a video"]
     elif case == "frames_mismatch":
-        bad[REFERENCE]["inputs"]["num_frames"] = 5
-        node, words = CONDITIONING, ["5 frames", "length 9", "num_frames = 9"]
+        # longer than the video (a shorter 4k+1 reference is taken whole: test_wan_conditioning.py)
+        bad[REFERENCE]["inputs"]["num_frames"] = 13
+        node, words = CONDITIONING, ["13 frames", "length 9", "num_frames = 9"]
     elif case == "conditioning_width":
         bad[CONDITIONING]["inputs"]["width"] = 100
         node, words = CONDITIONING, ["multiples of 16", "100x48", "96x48"]
