@@ -27,7 +27,8 @@ class VAPWanConditioning(io.ComfyNode):
                              tooltip="Output height in pixels, multiple of 16."),
                 io.Int.Input("length", default=49, min=1, max=MAX_RESOLUTION, step=4,
                              tooltip="Frames to generate, 4k+1 (VAP was trained with 49). The reference must "
-                                     "have exactly this many frames."),
+                                     "have this many frames, or fewer (4k+1): e.g. a 49-frame reference for a "
+                                     "longer video sampled with 'WAN Context Windows'."),
                 io.Int.Input("batch_size", default=1, min=1, max=4096, tooltip="Videos generated at once."),
                 io.Image.Input("start_image", tooltip="First frame of the video to generate (as for WanImageToVideo)."),
                 io.Image.Input("reference_frames", tooltip="The reference video frames from 'Load VAP Reference Video', "

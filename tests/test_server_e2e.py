@@ -47,7 +47,7 @@ def test_workflow_templates_list_each_shipped_graph_once(server):
     client = server["client"]
     listed = client.get_json("/workflow_templates")["ComfyUI-VAP"]
     shipped = sorted(f[:-5] for f in os.listdir(os.path.join(PACK, "workflows")) if f.endswith(".json"))
-    assert sorted(listed) == shipped and len(listed) == len(set(listed)) == 3
+    assert sorted(listed) == shipped and len(listed) == len(set(listed)) == 4
     assert not [n for n in listed if n.endswith(".api")]
     ui = client.get_json("/api/workflow_templates/ComfyUI-VAP/wan_vap_official.json")
     assert "nodes" in ui and "links" in ui   # the drag-and-drop format
@@ -94,6 +94,21 @@ def test_lora_upscale_workflow_end_to_end(server, tmp_path):
     assert "lora key not loaded" not in server["server"].log_text()
 
 
+def test_long_video_workflow_samples_in_context_windows(server, tmp_path):
+    """The long-video workflow (core 'WAN Context Windows', a reference shorter than the video) at the tiny size:
+    windows of 2 latent frames over 3, and a whole video comes out."""
+    prompt = e2e_server.tiny(server, "wan_vap_long_video")
+    prompt[SAMPLER]["inputs"]["steps"] = 3
+    assert prompt[REFERENCE]["inputs"]["num_frames"] < prompt[CONDITIONING]["inputs"]["length"] == N
+    log_start = len(server["server"].log_text())
+    result = e2e_server.run_ok(server, prompt)
+    video = e2e_server.video(server, result, tmp_path)
+    assert video["frames"].shape == (N, H, W, 3)
+    assert np.isfinite(video["frames"].astype(np.float32)).all() and video["frames"].std() > 1.0
+    log = server["server"].log_text()[log_start:]
+    assert "Using context windows" in log and "Context window 2/" in log, log[-3000:]
+
+
 def test_interrupt_stops_sampling_and_the_next_prompt_runs(server):
     client = server["client"]
     prompt = e2e_server.tiny(server, "wan_vap_official")
@@ -128,8 +143,9 @@ def test_bad_input_fails_clearly_and_the_server_keeps_serving(server, case, tmp_
         bad[REFERENCE]["inputs"]["file"] = "corrupt.mp4"
         node, words = REFERENCE, ["corrupt.mp4", "damaged or not a video"]
     elif case == "frames_mismatch":
-        bad[REFERENCE]["inputs"]["num_frames"] = 5
-        node, words = CONDITIONING, ["5 frames", "length 9", "num_frames = 9"]
+        # longer than the video (a shorter 4k+1 reference is taken whole: test_wan_conditioning.py)
+        bad[REFERENCE]["inputs"]["num_frames"] = 13
+        node, words = CONDITIONING, ["13 frames", "length 9", "num_frames = 9"]
     elif case == "conditioning_width":
         bad[CONDITIONING]["inputs"]["width"] = 100
         node, words = CONDITIONING, ["multiples of 16", "100x48", "96x48"]
@@ -164,14 +180,15 @@ def test_invalid_size_is_refused_at_submission(server):
 def test_http_api_prompt_is_the_shipped_one_except_names_and_sizes(server):
     """Guard for the claim in the module docstring: only names, sizes and the stand-in class types differ."""
     ch, assets = server["ch"], server["assets"]
-    for name in ("wan_vap_official", "wan_vap_lora_upscale", "cog_vap_official"):
+    for name in ("wan_vap_official", "wan_vap_lora_upscale", "cog_vap_official", "wan_vap_long_video"):
         shipped = ch.load_api_workflow(name)
         tiny = assets.tiny_prompt(shipped)
         assert set(tiny) == set(shipped)
         for node_id, node in shipped.items():
             changed = {k for k in node["inputs"] if node["inputs"][k] != tiny[node_id]["inputs"][k]}
             allowed = {"width", "height", "length", "num_frames", "image", "file", "unet_name", "expert_name",
-                       "vae_name", "clip_name", "lora_name", "model_name"}
+                       "vae_name", "clip_name", "lora_name", "model_name",
+                       "context_length", "context_overlap"}  # the long-video windows shrink with the video
             assert changed <= allowed, (node_id, changed - allowed)
             if tiny[node_id]["class_type"] != node["class_type"]:
                 standins = assets.COG_STANDIN_FOR if assets.is_cog_prompt(shipped) else assets.STANDIN_FOR

@@ -231,6 +231,22 @@ def test_reference_is_resized_to_the_target(pack, vae, inputs):
     assert _conds(positive)[_keys(pack)[0]].cond.shape == (1, 36, 2, H // 8, W // 8)
 
 
+def test_a_shorter_reference_is_taken_whole(pack, vae, inputs):
+    """A reference of fewer 4k+1 frames than the video (a 49-frame reference for a long video sampled with context
+    windows) is encoded at its own length; the target keeps its own."""
+    positive, negative, latent = _run(pack, vae, inputs, length=9)
+    assert latent["samples"].shape[2] == 3
+    for conditioning in (positive, negative):
+        assert _conds(conditioning)[_keys(pack)[0]].cond.shape == (1, 36, 2, H // 8, W // 8)
+
+
+def test_a_shorter_reference_needs_4k_plus_1_frames(pack, vae, inputs):
+    with pytest.raises(pack.vap_core.errors.VAPInputError) as err:
+        _run(pack, vae, inputs, length=13, reference_frames=_frames(5, n=7))
+    for word in ("7 frames", "4k+1", "num_frames = 5", "length 13"):
+        assert word in str(err.value)
+
+
 # --------------------------------------------------------------------------------------- errors
 
 @pytest.mark.parametrize("over, words", [

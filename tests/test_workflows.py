@@ -65,7 +65,8 @@ def test_official_demo_settings(name):
     api = _load(name)
     cond = _by_title(api, "VAP Wan Conditioning")["inputs"]
     ref = _by_title(api, "Reference video")["inputs"]
-    assert (cond["width"], cond["height"], cond["length"]) == (832, 480, 49)
+    # the long-video workflow: a longer target in windows of the official 49 frames (test_long_video_workflow)
+    assert (cond["width"], cond["height"], cond["length"]) == (832, 480, 97 if name == "wan_vap_long_video" else 49)
     assert (ref["width"], ref["height"], ref["num_frames"], ref["frame_selection"], ref["resize_mode"]) == \
         (832, 480, 49, "evenly", "stretch")
     scale = _by_title(api, "Resize start image (Lanczos stretch)")["inputs"]
@@ -81,13 +82,45 @@ def test_official_demo_settings(name):
     for title in ("CLIP Vision Encode (start image)", "CLIP Vision Encode (reference)"):
         assert _by_title(api, title)["inputs"]["crop"] == "center"
     sampler = _by_title(api, "KSampler")["inputs"]
-    if name == "wan_vap_official":
+    if name in ("wan_vap_official", "wan_vap_long_video"):
         assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"]) == (50, 5.0, "euler", "normal")
         assert _by_title(api, "ModelSamplingSD3")["inputs"]["shift"] == 1.0
     else:
         assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"]) == (4, 1.0, "euler", "simple")
         assert _by_title(api, "ModelSamplingSD3")["inputs"]["shift"] == 5.0
         assert _by_title(api, "Step-distill LoRA")["inputs"]["lora_name"] == bw.MODELS["lora"]["name"]
+
+
+def test_long_video_workflow():
+    """The official Wan graph for 97 frames: core 'WAN Context Windows' (windows of the trained 49 frames) between
+    ModelSamplingSD3 and the KSampler, a 49-frame reference every window sees whole."""
+    api, official = _load("wan_vap_long_video"), _load("wan_vap_official")
+    windows_id = next(k for k, n in api.items() if n["class_type"] == "WanContextWindowsManual")
+    windows = api[windows_id]["inputs"]
+    assert windows["model"] == [next(k for k, n in api.items() if n["class_type"] == "ModelSamplingSD3"), 0]
+    assert _by_title(api, "KSampler")["inputs"]["model"] == [windows_id, 0]
+    assert windows["context_length"] == 49 and 0 < windows["context_overlap"] < 49
+    assert not windows["retain_first_frame"]  # core's default for Wan I2V: the start image stays in the first window
+    assert _by_title(api, "VAP Wan Conditioning")["inputs"]["length"] == 97
+    assert _by_title(api, "Reference video")["inputs"]["num_frames"] == 49
+    # otherwise the official graph: the same nodes and inputs
+    for k, n in official.items():
+        if k not in ("12", "17", "18", "31"):
+            assert api[k] == n, k
+    assert set(api) == set(official) | {windows_id}
+
+
+def test_resize_long_video_keeps_windows_shorter_than_the_video():
+    from vap_headless import client as ch
+    api = _load("wan_vap_long_video")
+    tiny = ch.resize_workflow(api, 64, 48, 9)
+    windows = next(n for n in tiny.values() if n["class_type"] == "WanContextWindowsManual")["inputs"]
+    assert _by_title(tiny, "VAP Wan Conditioning")["inputs"]["length"] == 9
+    assert _by_title(tiny, "Reference video")["inputs"]["num_frames"] == 5
+    assert (windows["context_length"], windows["context_overlap"]) == (5, 2)
+    longer = ch.resize_workflow(api, 832, 480, 145)  # a longer video: the reference and windows stay at 49
+    assert _by_title(longer, "Reference video")["inputs"]["num_frames"] == 49
+    assert next(n for n in longer.values() if n["class_type"] == "WanContextWindowsManual")["inputs"]["context_length"] == 49
 
 
 def test_cog_official_demo_settings():

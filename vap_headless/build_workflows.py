@@ -191,6 +191,36 @@ def cog_vap_graph() -> dict:
     }
 
 
+# Long video (docs/HOST_INTEGRATION.md#context-windows): the official Wan settings for a 97-frame video sampled by core
+# 'WAN Context Windows' in windows of 49 frames (the trained length); every window sees the whole 49-frame reference
+LONG_LENGTH, LONG_REF_FRAMES = 97, LENGTH
+LONG_WINDOWS = {"context_length": LENGTH, "context_overlap": 24, "context_schedule": "standard_uniform",
+                "context_stride": 1, "closed_loop": False, "fuse_method": "pyramid", "freenoise": True,
+                "retain_first_frame": False, "split_conds_to_windows": False}
+
+
+def wan_vap_long_video_graph() -> dict:
+    """The official Wan graph with a longer target, the reference at 49 frames and core 'WAN Context Windows'
+    between ModelSamplingSD3 and the KSampler (node 25)."""
+    g = wan_vap_graph(lora=False)
+    g["17"]["inputs"]["length"] = LONG_LENGTH
+    g["12"]["inputs"]["num_frames"] = LONG_REF_FRAMES
+    g["25"] = _node("WanContextWindowsManual", "WAN Context Windows", model=["4", 0], **LONG_WINDOWS)
+    g["18"]["inputs"]["model"] = ["25", 0]
+    g["31"]["inputs"]["filename_prefix"] = "video/VAP_long"
+    return g
+
+
+LONG_LAYOUT_EXTRA = {"25": (3, 900)}
+LONG_GROUPS = [
+    ("Models", "#3f789e", ["1", "2", "3", "4", "5", "16", "10"]),
+    ("Prompts: target and reference", "#8A8", ["6", "7", "8", "9"]),
+    ("Inputs: start image and reference video", "#b58b2a", ["11", "15", "12", "13", "14"]),
+    ("Sample: 97 frames in context windows of 49", "#a1309b", ["17", "18", "25"]),
+    ("Decode and save", "#444", ["19", "30", "31"]),
+]
+
+
 # UI layout: column x, row y per node id (pixels), groups
 COLUMNS = {0: 0, 1: 460, 2: 920, 3: 1380, 4: 1800}
 COG_COLUMNS = {**COLUMNS, 4: 1900}  # the CogVideoX conditioning node is wider
@@ -230,6 +260,7 @@ WORKFLOWS = {
     "wan_vap_lora_upscale": (lambda: wan_vap_graph(lora=True), WAN_LAYOUT, WAN_GROUPS, COLUMNS),
     "cog_vap_official": (cog_vap_graph, COG_LAYOUT, COG_GROUPS, COG_COLUMNS),
 }
+WORKFLOWS["wan_vap_long_video"] = (wan_vap_long_video_graph, {**WAN_LAYOUT, **LONG_LAYOUT_EXTRA}, LONG_GROUPS, COLUMNS)
 
 LOADERS = {"UNETLoader": "unet_name", "CLIPLoader": "clip_name", "CLIPVisionLoader": "clip_name",
            "VAELoader": "vae_name", "LoraLoaderModelOnly": "lora_name", "UpscaleModelLoader": "model_name"}

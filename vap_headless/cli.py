@@ -42,7 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--demo", action="store_true",
                    help="tiny random models and inputs in a temp folder; output is noise (a smoke test)")
     p.add_argument("--workflow", default="wan_vap_official",
-                   help="shipped workflow name (wan_vap_official, wan_vap_lora_upscale, cog_vap_official) or an "
+                   help="shipped workflow name (wan_vap_official, wan_vap_lora_upscale, cog_vap_official, "
+                        "wan_vap_long_video) or an "
                         "API-format .json")
     p.add_argument("--image", help="start image (first frame of the new video)")
     p.add_argument("--reference-video", help="reference video whose effect/motion/style is transferred")

@@ -478,8 +478,11 @@ def shipped_size(prompt: dict) -> tuple[int, int, int]:
 def resize_workflow(prompt: dict, width: int, height: int, length: int) -> dict:
     """Scale every width/height widget by width/W and height/H of the workflow's own size (its conditioning
     node's) and set every frame count of that length to ``length`` (the conditioning's length,
-    VAPLoadReferenceVideo.num_frames). Upscaled sizes scale the same way."""
+    VAPLoadReferenceVideo.num_frames). Upscaled sizes scale the same way. Shorter frame counts (the long-video
+    workflow's 49-frame reference and context windows) stay, unless ``length`` is below the shipped length: then they
+    shrink in proportion (4k+1 frames), so the windows stay shorter than the video."""
     sw, sh, sl = shipped_size(prompt)
+    shrink = min(1.0, length / sl)
     out = json.loads(json.dumps(prompt))
     for node in out.values():
         inputs = node.get("inputs", {})
@@ -490,4 +493,22 @@ def resize_workflow(prompt: dict, width: int, height: int, length: int) -> dict:
         for key in ("length", "num_frames"):
             if inputs.get(key) == sl:
                 inputs[key] = length
+            elif key == "num_frames" and _is_count(inputs.get(key)) and inputs[key] < sl and shrink < 1:
+                inputs[key] = _frames_4k1(inputs[key] * shrink)
+        if node.get("class_type") in CONTEXT_WINDOW_NODES and shrink < 1:
+            if _is_count(inputs.get("context_length")):
+                inputs["context_length"] = _frames_4k1(inputs["context_length"] * shrink)
+            if _is_count(inputs.get("context_overlap")):
+                inputs["context_overlap"] = int(round(inputs["context_overlap"] * shrink))
     return out
+
+
+CONTEXT_WINDOW_NODES = ("WanContextWindowsManual",)  # frame counts in pixel frames (4k+1)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _frames_4k1(frames: float) -> int:
+    return max(1, int(round((frames - 1) / 4)) * 4 + 1)

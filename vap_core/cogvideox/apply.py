@@ -13,7 +13,8 @@ from . import mot as cog_mot
 from ..formats.checkpoint import COG
 from .expert import CogVAPExpert, expert_config, native_cogvideox
 from ..conds import REF_CONTEXT, REF_COUNT, REF_LATENT
-from ..errors import VAPModelMismatch
+from ..errors import VAPInputError, VAPModelMismatch
+from ..expert.context_windows import in_context_window
 from ..expert.patching import WRAPPER_KEY, ExpertWrapper, VAPExpert, attach, build_expert  # noqa: F401
 
 # the conditioning entries that carry CogVideoX references: per reference cat(clean latents, first-frame image
@@ -40,6 +41,12 @@ class CogVAPWrapper(ExpertWrapper):
                                    "captions): encode the reference with the VAP CogVideoX conditioning node.")
         if transformer_options is None:
             transformer_options = {}
+        if in_context_window(transformer_options):
+            raise VAPInputError(
+                "CogVideoX VAP cannot run under context windows: the model splits its reference stream into "
+                "references of exactly the frames it is given for the target, so a window shorter than the reference "
+                "cannot see the whole reference. Remove the context-window node from this CogVideoX graph; for "
+                "videos longer than 49 frames use Wan VAP with 'WAN Context Windows' (docs/HOST_INTEGRATION.md).")
         expert = self.expert_patcher_for(cog).model
         if not self.active(transformer_options):
             # outside the active range: the official base (its RoPE), not ComfyUI's plain forward, which runs

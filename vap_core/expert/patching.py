@@ -21,6 +21,7 @@ import comfy.patcher_extension
 import comfy.utils
 
 from ..conds import REF_LATENT  # the entry whose shape the memory estimate counts (both variants)
+from .context_windows import keep_reference_whole_in
 from ..errors import VAPModelMismatch
 
 WRAPPER_KEY = "vap_expert"
@@ -112,6 +113,9 @@ class ExpertWrapper:
 
 def _clear_after_sampling(wrapper: ExpertWrapper):
     def outer_sample(executor, *args, **kwargs):
+        # core context windows must hand every window the whole reference (context_windows.py); registered per run,
+        # so the context-window node may sit on either side of Apply VAP Expert
+        keep_reference_whole_in(getattr(executor.class_obj, "model_options", None) or {})
         try:
             return executor(*args, **kwargs)
         finally:

@@ -71,18 +71,33 @@ def check_vae(vae) -> None:
             "(Video-As-Prompt Wan is built on Wan2.1-I2V-14B; the Wan 2.2 VAE does not fit).")
 
 
-def check_reference_frames(frames: torch.Tensor, length: int) -> None:
+def check_reference_frames(frames: torch.Tensor, length: int, shorter_ok: bool = False) -> None:
+    """``shorter_ok`` (Wan): a reference of fewer 4k+1 frames than the target is accepted. The Wan MoT gives the
+    reference its own positions (before the target's), so its length is free; a long video sampled with context
+    windows then shows every window the reference at the trained length (docs/HOST_INTEGRATION.md#context-windows).
+    CogVideoX splits its reference stream by the target's frame count and needs them equal."""
     if frames is None:
         raise VAPInputError("reference_frames is missing: connect the IMAGE output of 'Load VAP Reference Video'.")
     if frames.ndim != 4 or frames.shape[-1] < 3:
         raise VAPInputError(
             f"reference_frames must be an IMAGE batch [frames, height, width, channels] (got shape "
             f"{tuple(frames.shape)}): connect the IMAGE output of 'Load VAP Reference Video'.")
-    if frames.shape[0] != length:
+    n = frames.shape[0]
+    if shorter_ok and n < length:
+        if (n - 1) % TEMPORAL_STRIDE:
+            lower = (n - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1
+            raise VAPInputError(
+                f"the reference has {n} frames: a reference shorter than the video to generate (length {length}) "
+                f"needs 4k+1 frames, e.g. num_frames = {lower} on the reference video node (or {length}, the "
+                "video's length).")
+        logging.info("VAP: the reference has %d frames, the video %d: every model call (every context window) sees "
+                     "the whole reference.", n, length)
+        return
+    if n != length:
         raise VAPInputError(
             f"the reference has {frames.shape[0]} frames but the video to generate has length {length}: "
             f"set num_frames = {length} on the reference video node (VAP encodes the reference with exactly "
-            "as many frames as the target).")
+            "as many frames as the target" + (", or fewer for Wan" if shorter_ok else "") + ").")
 
 
 def check_clip_vision(clip_vision_output, name: str) -> None:
@@ -245,7 +260,7 @@ def validate(positive, negative, ref_positive, vae, width, height, length, refer
     """Every user-fixable problem, before anything is encoded."""
     check_size(width, height, length)
     check_vae(vae)
-    check_reference_frames(reference_frames, length)
+    check_reference_frames(reference_frames, length, shorter_ok=True)
     check_clip_vision(clip_vision_start_image, "clip_vision_start_image")
     check_clip_vision(clip_vision_reference, "clip_vision_reference")
     check_no_reference(positive, "positive")
