@@ -261,6 +261,7 @@ def write_markdown(result: dict, path: str):
                      f"| {med(n) / med(EXACT):.2f} | {ratio_off} | {fmt_s(computed_step(runs[n]))} "
                      f"| {sum(s['full_calls'] for s in steps)} | {len(skipped)} of {len(steps)}"
                      f"{' (' + ','.join(map(str, skipped)) + ')' if skipped else ''} {dcols}|")
+    lines += [""] + [f"Note: {n}" for n in result.get("notes", [])]
     lines += ["", f"Mean abs of the pack exact final latents: {r['latent_mean_abs']:.3g}. Full model calls: ComfyUI "
               "batches cond + uncond into one call per step; the official loop makes two batch-1 calls per step. "
               "Columns: see bench/README.md (bench_caches.py).", ""]
@@ -290,6 +291,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--official-src", default=os.environ.get("VAP_OFFICIAL_SRC"),
                     help="Video-As-Prompt checkout (default: $VAP_OFFICIAL_SRC); without it the official run is skipped")
+    ap.add_argument("--note", action="append", default=[], help="a line for the results file (e.g. what else ran)")
     ap.add_argument("--out", default=RESULTS_DIR, help="where caches.md / caches.json go")
     opts = ap.parse_args()
 
@@ -320,7 +322,7 @@ def main():
     result = {"command": "python bench/bench_caches.py " + " ".join(sys.argv[1:]), "environment": env,
               "config": opts.config, "model_summary": summary, "steps": opts.steps, "cfg": opts.cfg,
               "start_percent": opts.start_percent, "end_percent": opts.end_percent, "repeats": opts.repeats,
-              "result": res}
+              "result": res, "notes": opts.note}
     os.makedirs(opts.out, exist_ok=True)
     with open(os.path.join(opts.out, "caches.json"), "w") as f:
         json.dump(result, f, indent=1)
