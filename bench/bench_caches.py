@@ -1,6 +1,6 @@
 """Whole Wan VAP videos (sampling runs) with and without ComfyUI's step caches, next to the official code.
 
-    nice python bench/bench_caches.py [--config mid] [--steps 12] [--easycache-thresholds 0.5,1.5]
+    nice python bench/bench_caches.py [--config mid] [--steps 12] [--easycache-thresholds 0.5,1.0]
 
 Runs, in ONE process, on IDENTICAL random weights and inputs (float32, CPU), each a full sampling run of
 ``--steps`` steps with CFG (cond + uncond every step, guidance ``--cfg``):
@@ -280,7 +280,7 @@ def main():
                     help="F,H,W latent size instead of the config's (e.g. a quick look at the cache decisions)")
     ap.add_argument("--steps", type=int, default=12, help="sampling steps per video")
     ap.add_argument("--cfg", type=float, default=5.0, help="guidance scale (the official default)")
-    ap.add_argument("--easycache-thresholds", dest="easycache", type=parse_floats, default=[0.5, 1.5],
+    ap.add_argument("--easycache-thresholds", dest="easycache", type=parse_floats, default=[0.5, 1.0],
                     help="comma list of EasyCache reuse_threshold values, one run each")
     ap.add_argument("--lazycache-thresholds", dest="lazycache", type=parse_floats, default=[0.5],
                     help="comma list of LazyCache reuse_threshold values, one run each")
