@@ -16,6 +16,7 @@ Results: bench/results/convert_fullsize.md (+ .json, not committed).
 
     nice python bench/bench_convert_fullsize.py                        # both releases (~10 min on 2 cores)
     nice python bench/bench_convert_fullsize.py --releases wan14b --dtypes default,fp8_e4m3fn
+    nice python bench/bench_convert_fullsize.py --releases wan14b --dtypes fp8_e4m3fn --no-load --base-dtype fp8_e4m3fn
     python bench/bench_convert_fullsize.py --releases tiny-wan,tiny-cog --out /tmp/x.md   # seconds (tests)
 
 Not a test: asserts nothing. Needs free disk for the outputs (~9 GB Wan bf16, ~11 GB Cog bf16); --tmp picks where.
@@ -302,6 +303,26 @@ def bench_release(name: str, opts, rows: list, load_rows: list) -> dict:
                           f"{lr['peak_rss'] / MIB:.0f} MiB (anon {lr['peak_anon'] / MIB:.0f}, file {lr['peak_file'] / MIB:.0f})",
                           flush=True)
             os.remove(out)
+        if opts.base_dtype:
+            # the whole release: the expert and the 14B / 5B base in one run (what --base adds: more bytes, same RAM)
+            out, base_out = os.path.join(work, "expert_b.safetensors"), os.path.join(work, "base.safetensors")
+            need = info["bytes"] + GIB
+            if disk_free(work) < need * (0.5 if opts.base_dtype.startswith("fp8") else 1):
+                print(f"[{name}] skipping --base: {fmt_gib(disk_free(work))} GiB free", flush=True)
+            else:
+                cmd = [sys.executable, "-m", "vap_core.convert", src, "--expert", out, "--base", base_out, "--quiet"]
+                if opts.base_dtype != "default":
+                    cmd += ["--dtype", opts.base_dtype]
+                os.sync()
+                r = run_measured(cmd)
+                r.update(release=name, what="convert --expert --base", dtype=opts.base_dtype,
+                         out_bytes=os.path.getsize(out) + os.path.getsize(base_out))
+                rows.append(r)
+                print(f"[{name}] convert expert + base {opts.base_dtype}: {r['wall_s']:.1f} s, peak RSS "
+                      f"{r['peak_rss'] / MIB:.0f} MiB (anon {r['peak_anon'] / MIB:.0f}, file {r['peak_file'] / MIB:.0f}), "
+                      f"out {fmt_gib(r['out_bytes'])} GiB", flush=True)
+                os.remove(out)
+                os.remove(base_out)
         copy_floor("after")
         return info
     finally:
@@ -376,6 +397,8 @@ def main(argv=None) -> int:
     ap.add_argument("--load-dtypes", default="default,fp8_e4m3fn", help="loader weight_dtype runs on the as-stored file")
     ap.add_argument("--source-dtype", default="BF16", choices=sorted(ELEMENT_SIZE), help="dtype of the release tensors")
     ap.add_argument("--no-load", action="store_true", help="skip the loader runs")
+    ap.add_argument("--base-dtype", default=None,
+                    help="also convert expert + base in one run with this --dtype (default, bf16, fp8_e4m3fn)")
     ap.add_argument("--tmp", default=None, help="where the release and outputs go (default: the system temp dir)")
     ap.add_argument("--out", default=os.path.join(RESULTS_DIR, "convert_fullsize.md"))
     opts = ap.parse_args(argv)

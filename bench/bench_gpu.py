@@ -349,13 +349,14 @@ def official_step(family, built, inputs, device, fam):
             return out.permute(0, 2, 1, 3, 4)  # ComfyUI layout, to compare
 
     def prepare():
-        # the official model borrows ComfyUI's resident weights: they must all be on the device
+        # the official model borrows ComfyUI's weights (base + bf16 expert): all of them must be on the device
         import comfy.model_management as mm
-        for p in built["patchers"].values():
-            if p.model_size() > p.loaded_size() + 1:
-                raise SystemExit("ComfyUI partially offloaded a model: the official row (which shares its weights) "
-                                 "needs everything resident; use a larger GPU or fewer rows (--expert-dtypes bf16)")
         mm.load_models_gpu([built["patchers"]["pack"]])
+        away = sum(1 for p in model.parameters() if p.device.type != device.type)
+        if away:
+            raise SystemExit(f"ComfyUI left {away} weight tensors off the {device.type} device (partial load): the "
+                             "official row shares them and needs all resident; use a larger GPU or fewer rows "
+                             "(--expert-dtypes bf16)")
     return step, prepare, None
 
 
