@@ -61,7 +61,7 @@ def release_configs() -> dict:
            "max_text_seq_length": 226, "block_idx_with_mot_ref": list(range(41))}
     # tiny twins: the same code path in seconds (tests/test_bench_convert_fullsize.py)
     tiny_w = {**wan, "num_attention_heads": 2, "attention_head_dim": 64, "ffn_dim": 256, "num_layers": 8,
-              "text_dim": 64, "image_dim": 32, "added_kv_proj_dim": 128}
+              "text_dim": 64, "image_dim": 32, "added_kv_proj_dim": 128, "block_idx_with_mot_ref": [0, 4]}
     tiny_c = {**cog, "num_attention_heads": 2, "time_embed_dim": 32, "text_embed_dim": 48, "num_layers": 5,
               "sample_width": 8, "sample_height": 6, "sample_frames": 9, "block_idx_with_mot_ref": [0, 1, 2, 3]}
     return {"wan14b": ("wan", wan, 10 * GIB), "cog5b": ("cog", cog, 10 * GIB),
