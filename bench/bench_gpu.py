@@ -176,7 +176,6 @@ def official_class(family: str, src: str | None):
 
 def official_sharing(cls, cfg: dict, shared: dict, device):
     """The official model whose parameters ARE ``shared`` (official name -> ComfyUI's Parameter objects)."""
-    import torch
     with parameters_on_meta():
         model = cls(**{k: v for k, v in cfg.items() if not k.startswith("_")})
     model.requires_grad_(False)
@@ -254,8 +253,6 @@ def compute_dtype(patcher):
 
 def make_steps(pack, family: str, built: dict, backends: list[str], device) -> dict:
     """{row name: (step(k), prepare(), override or None)}: one denoising step (cond + uncond) per row."""
-    import torch
-    import comfy.model_management as mm
     cfg, latent = built["config"], built["latent"]
     if family == "wan":
         import bench_wan as fam
@@ -457,7 +454,7 @@ def write_markdown(result: dict, path: str):
              "it), 'first step' = the warm-up's (the pack builds its reference cache there), 'loaded' = allocated "
              "before a step (every loaded row's weights + inputs)", ""]
     for family, f in result["families"].items():
-        c, lat = f["config"], f["latent"]
+        lat = f["latent"]
         lines += [f"## {family}: {f['params'] / 1e9:.2f} B params ({f['expert_params'] / 1e9:.2f} B expert), latent "
                   f"{lat[0]}x{lat[1]}x{lat[2]}, built in {f['build_s']:.0f} s; official: {f['official_note']}", "",
                   f"| impl | median s | min-max s | pack/official | impl/base | GFLOP/step | FLOP ratio vs base | "
