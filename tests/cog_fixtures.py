@@ -59,6 +59,16 @@ def load_base(path: str):
     table = sd.get("patch_embed.pos_embedding")
     if table is None or comfyui_holds_learned_table(table):
         return comfy.sd.load_diffusion_model(path)
+    return load_base_state_dict(sd, metadata)
+
+
+def load_base_state_dict(sd: dict, metadata: dict | None):
+    """``load_base`` for a native state dict in memory (bench/bench_gpu.py builds its random weights there).
+    ``sd`` loses its learned table where ComfyUI cannot load it (put back on the model, as ``load_base``)."""
+    import comfy.sd
+    table = sd.get("patch_embed.pos_embedding")
+    if table is None or comfyui_holds_learned_table(table):
+        return comfy.sd.load_diffusion_model_state_dict(sd, metadata=metadata)
     del sd["patch_embed.pos_embedding"]
     base = comfy.sd.load_diffusion_model_state_dict(sd, metadata=metadata)
     patch_embed = base.model.diffusion_model.patch_embed

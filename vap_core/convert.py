@@ -72,9 +72,9 @@ class _Progress:
 
 def _write(path: str, ckpt: OfficialCheckpoint, mapping: dict[str, str], dtype, metadata, label, quiet):
     tensors = ckpt.tensors
-    # shard by shard: tensors of one file are written together, so each shard is opened once
+    # shard by shard, and in file order inside a shard: each shard is opened once and read front to back
     order = {f: i for i, f in enumerate(tensors.files_in_order())}
-    names = sorted(mapping, key=lambda n: (order[tensors.where[mapping[n]]], n))
+    names = sorted(mapping, key=lambda n: (order[tensors.where[mapping[n]]], tensors.info[mapping[n]]["data_offsets"][0], n))
     layout = [(n, target_dtype(n, tensors.shape(mapping[n]), tensors.dtype(mapping[n]), dtype), tensors.shape(mapping[n]))
               for n in names]
     planned = {n: d for n, d, _ in layout}
@@ -83,7 +83,7 @@ def _write(path: str, ckpt: OfficialCheckpoint, mapping: dict[str, str], dtype, 
 
 def convert(src: str, expert_out: str | None = None, base_out: str | None = None,
             dtype: str | None = None, quiet: bool = False) -> OfficialCheckpoint:
-    ckpt = open_official(src)
+    ckpt = open_official(src, mmap=False)  # plain reads: RAM stays at about one tensor (safetensors_io)
     torch_dtype = DTYPES[dtype] if dtype else None
     base_map, expert_map = key_map(ckpt)
     if base_out and not base_map:
@@ -107,11 +107,11 @@ def convert(src: str, expert_out: str | None = None, base_out: str | None = None
 
 def check_base(src: str, user_base: str, sample: int = 16) -> dict:
     """Compare a sample of base tensors inside the official VAP checkpoint with a user's native base file."""
-    ckpt = open_official(src)
+    ckpt = open_official(src, mmap=False)
     base_map, _ = key_map(ckpt)
     if not base_map:
         raise VAPFormatError(f"'{src}' holds only expert tensors: there is no base to compare with.")
-    user = LazyTensors([user_base])
+    user = LazyTensors([user_base], mmap=False)
     prefix = next((p for p in ("model.diffusion_model.", "diffusion_model.", "") if any(k.startswith(p) and k[len(p):] in base_map for k in user.keys())), None)
     if prefix is None:
         raise VAPFormatError(f"'{user_base}' shares no tensor names with the {ckpt.variant} base: it is not a native "

@@ -11,7 +11,7 @@ def load_expert(path: str, weight_dtype: str = "default"):
     "fp8_e4m3fn", "fp8_e4m3fn_fast" or "fp8_e5m2" (see weight_dtype.py)."""
     from .weight_dtype import apply_weight_dtype, model_options
     model_options(weight_dtype)  # refuse an unknown choice before reading the file
-    sd, metadata = read_expert(path)
+    sd, metadata = read_expert(path, _load_file)
     variant = metadata.get("vap_variant")
     if variant == WAN:
         from ..wan.apply import build_wan_expert as build
@@ -23,6 +23,14 @@ def load_expert(path: str, weight_dtype: str = "default"):
     # how ComfyUI reloads a model for another GPU (multi-GPU deep clones), as core loaders register theirs
     expert.patcher.cached_patcher_init = (load_expert_patcher, (path, weight_dtype))
     return expert
+
+
+def _load_file(path: str) -> dict:
+    """The file's tensors through ComfyUI's own loader: memory-mapped (the weights are the file's pages, held
+    once; bench/results/convert_fullsize.md) and, in ComfyUI's dynamic-VRAM mode, tagged with the file offsets
+    that mode reads weights from."""
+    import comfy.utils
+    return comfy.utils.load_torch_file(path)
 
 
 def load_expert_patcher(path: str, weight_dtype: str = "default", **_host_options):

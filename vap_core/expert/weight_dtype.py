@@ -33,15 +33,24 @@ def model_options(weight_dtype: str) -> dict:
 def _cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> None:
     """Every floating parameter in ``dtype``, as core's layers built in that dtype hold them (biases, norms and
     modulation tables included). Kept: convolutions (the patch embeddings; core builds Wan's in float32 whatever
-    the dtype, and there is no fp8 convolution) and buffers (CogVideoX's positional table)."""
+    the dtype, and there is no fp8 convolution) and buffers (CogVideoX's positional table).
+
+    The kept tensors are copied out of the file: loaded memory-mapped, any one of them left pointing into the
+    file keeps the whole mapping, and with it every page the cast read (the whole file) in the process's RSS:
+    a 4 GB fp8 Wan expert from its 8 GB bf16 file sat at 4.5 GB + 8 GB of mapped pages before this copy
+    (bench/results/convert_fullsize.md)."""
     for sub in module.modules():
-        if isinstance(sub, torch.nn.modules.conv._ConvNd):
-            continue
+        keep = isinstance(sub, torch.nn.modules.conv._ConvNd)
         for name, param in list(sub.named_parameters(recurse=False)):
-            if param.is_floating_point() and param.dtype != dtype:
+            if not keep and param.is_floating_point() and param.dtype != dtype:
                 # through float32: no direct conversion between the two fp8 formats
                 value = param.data.to(torch.float32).to(dtype) if param.dtype.itemsize == 1 else param.data.to(dtype)
-                setattr(sub, name, torch.nn.Parameter(value, requires_grad=False))
+            else:
+                value = param.data.clone()
+            setattr(sub, name, torch.nn.Parameter(value, requires_grad=False))
+        for name, buf in list(sub.named_buffers(recurse=False)):
+            if buf is not None:
+                sub._buffers[name] = buf.clone()
 
 
 def _use_operations(module: torch.nn.Module, operations) -> int:

@@ -90,8 +90,10 @@ def expert_blocks_of_keys(keys, variant: str) -> list[int]:
     return sorted({int(m[1]) for k in keys if (m := pattern.match(k))})
 
 
-def open_official(path: str) -> OfficialCheckpoint:
-    """Open an official-layout VAP transformer from a folder or a single safetensors file."""
+def open_official(path: str, mmap: bool = True) -> OfficialCheckpoint:
+    """Open an official-layout VAP transformer from a folder or a single safetensors file.
+
+    ``mmap=False``: tensors are read into their own memory (streaming conversion; see safetensors_io)."""
     path = os.path.expanduser(path)
     if not os.path.exists(path):
         raise VAPFormatError(f"'{path}' does not exist.")
@@ -109,7 +111,7 @@ def open_official(path: str) -> OfficialCheckpoint:
                 f"'{path}' is not a .safetensors file. ComfyUI-VAP reads safetensors only (never pickle)."
             )
         files = [path]
-    tensors = LazyTensors(files)
+    tensors = LazyTensors(files, mmap=mmap)
     if tensors.metadata.get("vap_format") == EXPERT_FORMAT:
         raise VAPFormatError(
             f"'{path}' is already a converted ComfyUI-VAP expert file: load it with the VAP Expert Loader node "

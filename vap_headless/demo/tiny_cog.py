@@ -30,9 +30,9 @@ def _block_shapes(c: int, e: int, head: int, suffix: str = "") -> dict[str, tupl
     return shapes
 
 
-def official_cog_mot_state_dict(overrides: dict | None = None, seed: int = 0):
-    """(state dict with official key names, config) of a random CogVideoX-I2V MoT model."""
-    cfg = {**DEFAULT_CONFIG, **(overrides or {})}
+def official_cog_mot_shapes(cfg: dict) -> dict[str, tuple]:
+    """Every tensor name and shape of an official CogVideoXTransformer3DMOTModel state dict with config ``cfg``
+    (also used at release size by bench/bench_convert_fullsize.py, where no tensor is ever allocated)."""
     c = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     e, t, p, cin = cfg["time_embed_dim"], cfg["text_embed_dim"], cfg["patch_size"], cfg["in_channels"]
     frames = (cfg["sample_frames"] - 1) // cfg["temporal_compression_ratio"] + 1
@@ -53,6 +53,13 @@ def official_cog_mot_state_dict(overrides: dict | None = None, seed: int = 0):
     shapes.update({"norm_final.weight": (c,), "norm_final.bias": (c,), "norm_out.linear.weight": (2 * c, e),
                    "norm_out.linear.bias": (2 * c,), "norm_out.norm.weight": (c,), "norm_out.norm.bias": (c,),
                    "proj_out.weight": (p * p * cfg["out_channels"], c), "proj_out.bias": (p * p * cfg["out_channels"],)})
+    return shapes
+
+
+def official_cog_mot_state_dict(overrides: dict | None = None, seed: int = 0):
+    """(state dict with official key names, config) of a random CogVideoX-I2V MoT model."""
+    cfg = {**DEFAULT_CONFIG, **(overrides or {})}
+    shapes = official_cog_mot_shapes(cfg)
     g = torch.Generator().manual_seed(seed)
     sd = {}
     for name, shape in sorted(shapes.items()):
