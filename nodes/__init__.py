@@ -7,11 +7,12 @@ from . import paths
 from .cog_conditioning import VAPCogConditioning
 from .cog_guidance import VAPDynamicCFGGuider
 from .expert_nodes import VAPApplyExpert, VAPExpertLoader
+from .reference_guider import VAPReferenceGuider
 from .reference_nodes import VAPLoadReferenceVideo
 from .wan_conditioning import VAPWanConditioning
 
 NODE_LIST: list[type[io.ComfyNode]] = [VAPExpertLoader, VAPApplyExpert, VAPWanConditioning, VAPLoadReferenceVideo,
-                                       VAPCogConditioning, VAPDynamicCFGGuider]
+                                       VAPCogConditioning, VAPDynamicCFGGuider, VAPReferenceGuider]
 
 
 class VAPExtension(ComfyExtension):

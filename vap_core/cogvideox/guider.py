@@ -1,21 +1,22 @@
 """The official CogVideoX VAP dynamic CFG (``dynamic_cfg``) as a ComfyUI guider for SamplerCustomAdvanced."""
 from __future__ import annotations
 
-import comfy.samplers
-
 from .dynamic_cfg import dynamic_guidance_scale
+from ..reference_guider import ReferenceGuider
 
 
-class DynamicCFGGuider(comfy.samplers.CFGGuider):
-    """``CFGGuider`` whose scale follows ``dynamic_guidance_scale`` (or stays fixed with ``dynamic=False``).
+class DynamicCFGGuider(ReferenceGuider):
+    """``CFGGuider`` whose scale follows ``dynamic_guidance_scale`` (or stays fixed with ``dynamic=False``), with
+    the optional reference guidance of ``ReferenceGuider`` (off by default: then exactly the official guidance).
 
     ``t`` is the model's discrete timestep of the current sigma (``model_sampling.timestep``), ``N`` the number of
     steps of the sigmas handed to the sampler. Guidance is applied by ComfyUI's ``sampling_function`` on the
     denoised prediction, which for a v-prediction model equals the official guidance on the velocity (both
     are the same affine function of the model output for cond and uncond)."""
 
-    def __init__(self, model_patcher, dynamic: bool = True):
-        super().__init__(model_patcher)
+    def __init__(self, model_patcher, dynamic: bool = True, reference_scale: float = 0.0,
+                 negative_without_reference: bool = False):
+        super().__init__(model_patcher, reference_scale, negative_without_reference)
         self.dynamic = dynamic
         self.steps = None
         self.scales: list[float] = []   # the scale used at each model call of the last run (for inspection)
@@ -31,9 +32,7 @@ class DynamicCFGGuider(comfy.samplers.CFGGuider):
         timestep = float(self.inner_model.model_sampling.timestep(sigma.reshape(-1)[:1]).item())
         return dynamic_guidance_scale(self.cfg, timestep, self.steps)
 
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
+    def guidance_scale(self, timestep) -> float:
         scale = self.scale_at(timestep)
         self.scales.append(scale)
-        return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative", None),
-                                                self.conds.get("positive", None), scale,
-                                                model_options=model_options, seed=seed)
+        return scale
