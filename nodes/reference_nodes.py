@@ -32,8 +32,8 @@ class VAPLoadReferenceVideo(io.ComfyNode):
         return io.Schema(
             node_id="VAPLoadReferenceVideo",
             display_name="Load VAP Reference Video",
-            category="VAP",
-            search_aliases=["video as prompt", "reference video", "vap reference"],
+            category="video",
+            search_aliases=["video as prompt", "vap", "reference video", "vap reference", "load reference video"],
             description="Loads the reference video whose semantics (effect, motion, camera, style) VAP transfers "
                         "to your image. Picks num_frames frames and resizes them exactly like the official "
                         "pipeline (49 frames spread evenly, Lanczos stretch to the generation size). Only the "

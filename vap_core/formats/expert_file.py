@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 
@@ -21,7 +22,12 @@ def expert_metadata(variant: str, blocks: list[int], config: dict) -> dict[str, 
 
 
 def read_expert(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(native expert state dict, metadata) from an expert file or an official single file."""
+    """(native expert state dict, metadata) from an expert file, an official single file, or an official release
+    folder (``<release>/`` holding ``transformer/``, or ``transformer/`` itself). From official weights only the
+    expert tensors are read, one at a time, through the converter's reader (the base tensors in the same shards
+    are never loaded), under the names and metadata the converter writes."""
+    if os.path.isdir(path):
+        return _official_expert(open_official(path))
     tensors = LazyTensors([path])
     meta = tensors.metadata
     if meta.get("vap_format") == EXPERT_FORMAT:
@@ -33,11 +39,18 @@ def read_expert(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             f"'{path}' is not a Video-As-Prompt expert: it has no '*_mot_ref' tensors and no ComfyUI-VAP "
             "metadata. Put the official VAP checkpoint or an expert file written by "
             "'python -m vap_core.convert' into models/vap/.")
-    ckpt = open_official(path)
-    if variant == WAN:
+    return _official_expert(open_official(path))
+
+
+def _official_expert(ckpt) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors = ckpt.tensors
+    if ckpt.variant == WAN:
         _, expert_map = wan_keys.split_and_map(tensors.keys())
-        sd = {native: tensors.get(official) for native, official in expert_map.items()}
-    elif variant == COG:
+    else:
         from ..cogvideox import keys as cog_keys
-        sd = {native: tensors.get(official) for native, official in cog_keys.expert_map(tensors.keys()).items()}
-    return sd, expert_metadata(variant, ckpt.expert_blocks, ckpt.config)
+        expert_map = cog_keys.expert_map(tensors.keys())
+    # shard by shard, as the converter writes: each shard is opened once
+    order = {f: i for i, f in enumerate(tensors.files_in_order())}
+    names = sorted(expert_map, key=lambda n: (order[tensors.where[expert_map[n]]], n))
+    sd = {native: tensors.get(expert_map[native]) for native in names}
+    return sd, expert_metadata(ckpt.variant, ckpt.expert_blocks, ckpt.config)
