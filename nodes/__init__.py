@@ -8,11 +8,12 @@ from .cog_conditioning import VAPCogConditioning
 from .cog_guidance import VAPDynamicCFGGuider
 from .expert_nodes import VAPApplyExpert, VAPExpertLoader
 from .noise_nodes import VAPOfficialNoise
+from .reference_guider import VAPReferenceGuider
 from .reference_nodes import VAPLoadReferenceVideo
 from .wan_conditioning import VAPWanConditioning
 
 NODE_LIST: list[type[io.ComfyNode]] = [VAPExpertLoader, VAPApplyExpert, VAPWanConditioning, VAPLoadReferenceVideo,
-                                       VAPCogConditioning, VAPDynamicCFGGuider, VAPOfficialNoise]
+                                       VAPCogConditioning, VAPDynamicCFGGuider, VAPOfficialNoise, VAPReferenceGuider]
 
 
 class VAPExtension(ComfyExtension):

@@ -20,7 +20,8 @@ class VAPCogConditioning(io.ComfyNode):
         return io.Schema(
             node_id="VAPCogConditioning",
             display_name="VAP CogVideoX Conditioning",
-            category="VAP",
+            category="model/conditioning/cogvideox/vap",
+            search_aliases=["video as prompt", "vap", "reference video", "cogvideox vap", "cog reference"],
             description="CogVideoX-5b-I2V image-to-video conditioning with 1 to 3 Video-As-Prompt references, as the "
                         "official pipeline prepares them: start image and references through the CogVideoX VAE "
                         "(x0.7), each reference with its own caption. Sample with 'VAP Dynamic CFG Guider', the "

@@ -8,7 +8,8 @@ class VAPDynamicCFGGuider(io.ComfyNode):
         return io.Schema(
             node_id="VAPDynamicCFGGuider",
             display_name="VAP Dynamic CFG Guider",
-            category="VAP",
+            category="model/sampling/guiders",
+            search_aliases=["video as prompt", "vap", "reference video", "dynamic cfg", "cogvideox cfg"],
             description="Classifier-free guidance with the official CogVideoX VAP dynamic scale "
                         "g_t = 1 + cfg * (1 - cos(pi * ((N - t) / N) ** 5)) / 2, t the model timestep (999..0), "
                         "N the number of steps; reproduces the official demo (use_dynamic_cfg=True) including its "

@@ -1,6 +1,4 @@
 """Load a VAP expert and attach it to a native base MODEL."""
-import os
-
 from comfy_api.latest import io
 
 from . import paths
@@ -18,14 +16,19 @@ class VAPExpertLoader(io.ComfyNode):
         return io.Schema(
             node_id="VAPExpertLoader",
             display_name="Load VAP Expert",
-            category="VAP",
+            category="model/loaders",
+            search_aliases=["video as prompt", "vap", "reference video", "vap expert", "mot expert"],
             description="Loads the Video-As-Prompt MoT expert (the *_mot_ref weights) from models/vap/. "
-                        "Accepts an expert file written by 'python -m vap_core.convert' or an official "
-                        "single-file VAP checkpoint. The base model is loaded separately with ComfyUI's own loader.",
+                        "Accepts the official release folder as downloaded (models/vap/<release>/transformer/ with "
+                        "its shards: only the expert tensors are read, tensor by tensor), an expert file written "
+                        "by 'python -m vap_core.convert', or an official single-file VAP checkpoint. The base "
+                        "model is loaded separately with ComfyUI's own loader.",
             inputs=[
                 io.Combo.Input("expert_name", options=paths.expert_files(),
-                               tooltip="A file in models/vap/: the converted expert (recommended) or the "
-                                       "official VAP transformer as one safetensors file."),
+                               tooltip="What is in models/vap/: an official release folder (listed as "
+                                       "'<release>/', e.g. 'Video-As-Prompt-Wan2.1-14B/'), a converted expert "
+                                       "file (smaller, loads faster) or the official VAP transformer as one "
+                                       "safetensors file."),
                 # optional with a default: graphs saved before this input existed load and run unchanged
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", optional=True,
                                advanced=True,
@@ -39,10 +42,22 @@ class VAPExpertLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, expert_name, weight_dtype="default"):
+        # replaces ComfyUI's "value not in list" (an empty models/vap/ must say what to put where)
+        available = paths.expert_files()
+        if expert_name not in available:
+            if not available:
+                return f"models/vap/ holds no VAP expert. {paths.HOW_TO_FILL}"
+            return (f"'{expert_name}' is not in models/vap/ (found: {', '.join(available[:6])}). Pick one of "
+                    f"those, or put it there. {paths.HOW_TO_FILL}")
+        if weight_dtype not in WEIGHT_DTYPES:
+            return f"weight_dtype '{weight_dtype}' is not one of {', '.join(WEIGHT_DTYPES)}."
+        return True
+
+    @classmethod
     def fingerprint_inputs(cls, expert_name, weight_dtype="default"):
-        # a file replaced under the same name must not be served from cache
-        path = paths.expert_path(expert_name)
-        return f"{path}:{os.path.getmtime(path)}:{os.path.getsize(path)}:{weight_dtype}"
+        # a file (or a release's shard) replaced under the same name must not be served from cache
+        return f"{paths.fingerprint(paths.expert_path(expert_name))}:{weight_dtype}"
 
     @classmethod
     def execute(cls, expert_name, weight_dtype="default") -> io.NodeOutput:
@@ -56,7 +71,8 @@ class VAPApplyExpert(io.ComfyNode):
         return io.Schema(
             node_id="VAPApplyExpert",
             display_name="Apply VAP Expert",
-            category="VAP",
+            category="model/patch/vap",
+            search_aliases=["video as prompt", "vap", "reference video", "vap expert", "mot expert"],
             description="Adds the VAP expert to a native Wan2.1-I2V-14B (or CogVideoX-5B-I2V) MODEL. The result "
                         "is a normal MODEL: LoRA loaders, ModelSamplingSD3 and KSampler keep working. Without a "
                         "VAP reference in the conditioning it behaves exactly like the base.",

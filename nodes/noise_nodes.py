@@ -13,6 +13,7 @@ class VAPOfficialNoise(io.ComfyNode):
             node_id="VAPOfficialNoise",
             display_name="VAP Official Noise",
             category="model/sampling/noise",
+            search_aliases=["video as prompt", "vap", "reference video", "official noise", "vap seed"],
             description="The initial noise the official Video-As-Prompt pipeline draws for a seed. Wan2.1: "
                         "randn([1,16,F,h,w]) from a generator seeded with the seed (on cpu/float32 the same as "
                         "RandomNoise). CogVideoX: the official pipeline draws the start image's VAE sample, the noise "

@@ -32,8 +32,8 @@ class VAPLoadReferenceVideo(io.ComfyNode):
         return io.Schema(
             node_id="VAPLoadReferenceVideo",
             display_name="Load VAP Reference Video",
-            category="VAP",
-            search_aliases=["video as prompt", "reference video", "vap reference"],
+            category="video",
+            search_aliases=["video as prompt", "vap", "reference video", "vap reference", "load reference video"],
             description="Loads the reference video whose semantics (effect, motion, camera, style) VAP transfers "
                         "to your image. Picks num_frames frames and resizes them exactly like the official "
                         "pipeline (49 frames spread evenly, Lanczos stretch to the generation size). Only the "
@@ -114,7 +114,7 @@ class VAPLoadReferenceVideo(io.ComfyNode):
         from ..vap_core import video as vv
         from ..vap_core.errors import VAPInputError
         settings = dict(num_frames=num_frames, width=width, height=height, frame_selection=frame_selection,
-                        resize_mode=resize_mode, seed=seed)
+                        resize_mode=resize_mode, seed=seed, progress=_progress())
         if images is not None:
             clip = vv.prepare_reference_images(images, **settings)
         elif video is not None:
@@ -126,6 +126,26 @@ class VAPLoadReferenceVideo(io.ComfyNode):
             clip = vv.load_reference_video(path, **settings)
         fps = clip.fps if clip.fps else UNKNOWN_FPS
         return io.NodeOutput(clip.frames, float(fps), clip.first_frame)
+
+
+def _progress():
+    """The decoder's progress callback: ComfyUI's progress bar (the node's bar in the UI) and its interrupt check,
+    so a long clip shows how far decoding is and Cancel stops it between frames."""
+    import comfy.model_management
+    import comfy.utils
+    state = {"bar": None, "total": 0, "shown": -1}
+
+    def progress(done: int, total: int):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if not total:
+            return  # still counting the frames
+        if total != state["total"]:
+            state.update(bar=comfy.utils.ProgressBar(total), total=total, shown=-1)
+        step = max(1, total // 100)  # at most ~100 updates to the UI, and the last one
+        if done == total or done - state["shown"] >= step:
+            state["bar"].update_absolute(done, total)
+            state["shown"] = done
+    return progress
 
 
 def _clip_from_video(video, settings):

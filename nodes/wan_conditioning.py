@@ -10,7 +10,8 @@ class VAPWanConditioning(io.ComfyNode):
         return io.Schema(
             node_id="VAPWanConditioning",
             display_name="VAP Wan Conditioning",
-            category="VAP",
+            category="model/conditioning/wan/vap",
+            search_aliases=["video as prompt", "vap", "reference video", "wan vap", "wan reference"],
             description="Wan2.1 image-to-video conditioning with a Video-As-Prompt reference. The target part is "
                         "exactly core 'WanImageToVideo' (start image, mask, CLIP vision); on top it adds the "
                         "reference video, its caption and its CLIP features for 'Apply VAP Expert'. Use the "
@@ -33,10 +34,12 @@ class VAPWanConditioning(io.ComfyNode):
                 io.Image.Input("start_image", tooltip="First frame of the video to generate (as for WanImageToVideo)."),
                 io.Image.Input("reference_frames", tooltip="The reference video frames from 'Load VAP Reference Video', "
                                "already selected to `length` frames. Other sizes are stretched to width x height."),
-                io.ClipVisionOutput.Input("clip_vision_start_image", optional=True,
-                                          tooltip="Required. 'CLIP Vision Encode' (clip_vision_h, crop center) of the start image."),
-                io.ClipVisionOutput.Input("clip_vision_reference", optional=True,
-                                          tooltip="Required. 'CLIP Vision Encode' (clip_vision_h, crop center) of the "
+                # required (Wan2.1-I2V and its expert need both); same position as when they were optional, so saved
+                # graphs (which always had them connected) load with the same slots
+                io.ClipVisionOutput.Input("clip_vision_start_image",
+                                          tooltip="'CLIP Vision Encode' (clip_vision_h, crop center) of the start image."),
+                io.ClipVisionOutput.Input("clip_vision_reference",
+                                          tooltip="'CLIP Vision Encode' (clip_vision_h, crop center) of the "
                                                   "reference's first selected frame: the first_frame output of 'Load VAP Reference Video' (if a whole clip is encoded, its first frame is used)."),
                 io.Conditioning.Input("ref_negative", optional=True,
                                       tooltip="Negative prompt for the reference branch in the negative pass. If not "

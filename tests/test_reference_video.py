@@ -347,7 +347,7 @@ def test_node_schema_and_registration(pack, node, input_dir):
     assert node in nodes_list
     schema = node.define_schema()
     assert (schema.node_id, schema.display_name, schema.category) == \
-        ("VAPLoadReferenceVideo", "Load VAP Reference Video", "VAP")
+        ("VAPLoadReferenceVideo", "Load VAP Reference Video", "video")
     assert [i.id for i in schema.inputs] == ["file", "frame_selection", "num_frames", "width", "height",
                                              "resize_mode", "seed", "video", "images"]
     assert all(i.tooltip for i in schema.inputs)

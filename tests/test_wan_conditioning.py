@@ -288,7 +288,7 @@ def test_schema_and_registration(pack):
     node = pack.nodes.wan_conditioning.VAPWanConditioning
     schema = node.define_schema()
     assert schema.node_id == "VAPWanConditioning" and schema.display_name == "VAP Wan Conditioning"
-    assert schema.category == "VAP"
+    assert schema.category == "model/conditioning/wan/vap"
     names = [i.id for i in schema.inputs]
     for name in ("positive", "negative", "ref_positive", "ref_negative", "vae", "width", "height", "length",
                  "batch_size", "start_image", "clip_vision_start_image", "clip_vision_reference", "reference_frames"):

@@ -81,6 +81,9 @@ def test_official_demo_settings(name):
     assert clip["type"] == "wan"
     for title in ("CLIP Vision Encode (start image)", "CLIP Vision Encode (reference)"):
         assert _by_title(api, title)["inputs"]["crop"] == "center"
+    if name == "wan_vap_reference_guided":
+        _check_wan_reference_sampling(api)
+        return
     sampler = _by_title(api, "KSampler")["inputs"]
     if name in ("wan_vap_official", "wan_vap_long_video"):
         assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"]) == (50, 5.0, "euler", "normal")
@@ -121,6 +124,50 @@ def test_resize_long_video_keeps_windows_shorter_than_the_video():
     longer = ch.resize_workflow(api, 832, 480, 145)  # a longer video: the reference and windows stay at 49
     assert _by_title(longer, "Reference video")["inputs"]["num_frames"] == 49
     assert next(n for n in longer.values() if n["class_type"] == "WanContextWindowsManual")["inputs"]["context_length"] == 49
+
+
+def _link(api, title):
+    return [next(k for k, n in api.items() if n["_meta"]["title"] == title), 0]
+
+
+def _check_wan_reference_sampling(api):
+    """The official Wan sampling (50 euler steps, normal schedule, shift 1, cfg 5, seed 42) through
+    SamplerCustomAdvanced with the VAP Reference Guider."""
+    assert _by_title(api, "ModelSamplingSD3")["inputs"]["shift"] == 1.0
+    guider = _by_title(api, "VAP Reference Guider")
+    assert guider["class_type"] == "VAPReferenceGuider"
+    assert {k: guider["inputs"][k] for k in ("cfg", "reference_scale", "negative_without_reference", "dynamic_cfg")} \
+        == {"cfg": 5.0, "reference_scale": bw.REFERENCE_SCALE, "negative_without_reference": False,
+            "dynamic_cfg": False}
+    assert guider["inputs"]["model"] == _link(api, "ModelSamplingSD3")
+    assert [guider["inputs"][k] for k in ("positive", "negative")] == \
+        [[_link(api, "VAP Wan Conditioning")[0], i] for i in (0, 1)]
+    assert _by_title(api, "Sampler (euler)")["inputs"]["sampler_name"] == "euler"
+    scheduler = _by_title(api, "Scheduler")["inputs"]
+    assert (scheduler["scheduler"], scheduler["steps"], scheduler["denoise"]) == ("normal", 50, 1.0)
+    assert scheduler["model"] == _link(api, "ModelSamplingSD3")
+    assert _by_title(api, "Noise")["inputs"]["noise_seed"] == 42
+    sampler = _by_title(api, "Sampler")
+    assert sampler["class_type"] == "SamplerCustomAdvanced"
+    assert [sampler["inputs"][k] for k in ("noise", "guider", "sampler", "sigmas")] == \
+        [_link(api, t) for t in ("Noise", "VAP Reference Guider", "Sampler (euler)", "Scheduler")]
+    assert _by_title(api, "VAE Decode")["inputs"]["samples"] == _link(api, "Sampler")
+
+
+def test_reference_guided_workflows_are_the_official_ones_with_the_reference_guider():
+    """Everything but the guidance equals the official workflow (same node ids for the shared nodes)."""
+    for name, official, replaced in (("wan_vap_reference_guided", "wan_vap_official", {"18"}),
+                                     ("cog_vap_reference_guided", "cog_vap_official", {"20", "18", "31"})):
+        api, base = _load(name), _load(official)
+        same = {k for k in base if k not in replaced | {"31"}}
+        assert {k: api[k] for k in same} == {k: base[k] for k in same}, name
+        assert [n["class_type"] for n in api.values()].count("VAPReferenceGuider") == 1
+    cog = _load("cog_vap_reference_guided")
+    guider = _by_title(cog, "VAP Reference Guider")["inputs"]
+    assert (guider["cfg"], guider["dynamic_cfg"], guider["reference_scale"], guider["zero_terminal_snr"]) == \
+        (6.0, True, bw.REFERENCE_SCALE, True)
+    assert _by_title(cog, "Sampler")["inputs"]["guider"] == _link(cog, "VAP Reference Guider")
+    assert "VAPDynamicCFGGuider" not in [n["class_type"] for n in cog.values()]
 
 
 def test_cog_official_demo_settings():

@@ -28,7 +28,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import BinaryIO, Union
+from typing import BinaryIO, Callable, Union
 
 import numpy as np
 import torch
@@ -138,6 +138,16 @@ def _resize_uint8(rgb: np.ndarray, width: int, height: int, resize_mode: str) ->
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Progress
+
+# ``progress(done, total)``: called after every decoded (or resized) frame with the frames done so far and the frames
+# to go through, and with (0, 0) every COUNT_CHECK_EVERY packets while the frames are being counted. It may raise to
+# stop the work (the node passes ComfyUI's progress bar and interrupt check; this module stays host-free).
+Progress = Callable[[int, int], None]
+COUNT_CHECK_EVERY = 64
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Result types
 
 
@@ -224,7 +234,7 @@ def _in_window(pts, start_pts, end_pts) -> bool:
     return end_pts is None or pts < end_pts
 
 
-def _count_packets(source: Source, start_time: float, duration: float) -> int:
+def _count_packets(source: Source, start_time: float, duration: float, progress: Progress | None = None) -> int:
     import av
     with _open(source) as container:
         stream = container.streams.video[0]
@@ -234,13 +244,16 @@ def _count_packets(source: Source, start_time: float, duration: float) -> int:
             for packet in container.demux(stream):
                 if packet.size and _in_window(packet.pts, start_pts, end_pts):
                     n += 1
+                    if progress is not None and n % COUNT_CHECK_EVERY == 0:
+                        progress(0, 0)  # counting: no total yet, but the caller may stop us
         except av.error.FFmpegError as e:  # truncated container: count what could be read
             log.warning("VAP reference video: demux stopped early (%s)", e)
         return n
 
 
 def _decode_selected(source: Source, wanted: set[int], width: int, height: int, resize_mode: str,
-                     start_time: float, duration: float, stats: DecodeStats) -> tuple[dict[int, np.ndarray], int, float | None]:
+                     start_time: float, duration: float, stats: DecodeStats, progress: Progress | None = None,
+                     total: int = 0) -> tuple[dict[int, np.ndarray], int, float | None]:
     """One decode pass; converts and keeps only the frames whose index is in ``wanted``."""
     import av
     kept: dict[int, np.ndarray] = {}
@@ -276,6 +289,8 @@ def _decode_selected(source: Source, wanted: set[int], width: int, height: int, 
                 kept[index] = _resize_uint8(np.ascontiguousarray(rgb), width, height, resize_mode)
                 stats.peak_kept = max(stats.peak_kept, len(kept))
             index += 1
+            if progress is not None:
+                progress(min(index, total), total)
     stats.frames_decoded = index
     stats.frames_kept = len(kept)
     stats.decode_passes += 1
@@ -284,22 +299,24 @@ def _decode_selected(source: Source, wanted: set[int], width: int, height: int, 
 
 def load_reference_video(source: Source, num_frames: int = 49, width: int = 832, height: int = 480,
                          frame_selection: str = "evenly", resize_mode: str = "stretch", seed: int = 0,
-                         start_time: float = 0.0, duration: float = 0.0) -> ReferenceClip:
+                         start_time: float = 0.0, duration: float = 0.0,
+                         progress: Progress | None = None) -> ReferenceClip:
     """Decode ``source`` (path or binary file object), keeping only the selected frames, resized.
 
     ``start_time`` / ``duration`` (seconds; duration 0 = to the end) restrict the clip first, as a trimmed core
-    VIDEO does. Raises :class:`VAPInputError` with the fix for every unusable input.
+    VIDEO does. ``progress``: see ``Progress``. Raises :class:`VAPInputError` with the fix for every unusable input.
     """
     check_settings(num_frames, width, height, frame_selection, resize_mode)
     stats = DecodeStats()
-    total = _count_packets(source, start_time, duration)
+    total = _count_packets(source, start_time, duration, progress)
     stats.packets_counted = total
     if total == 0:
         raise VAPInputError(f"The reference video {_describe(source)} contains no video frames"
                             + (" in the trimmed range" if (start_time or duration) else "")
                             + ". Use a video with at least one frame.")
     indices = select_indices(total, num_frames, frame_selection, seed)
-    kept, decoded, fps = _decode_selected(source, set(indices), width, height, resize_mode, start_time, duration, stats)
+    kept, decoded, fps = _decode_selected(source, set(indices), width, height, resize_mode, start_time, duration, stats,
+                                          progress, total)
     if decoded != total:
         # the packet count was not the frame count: select again on the true count (rare; one more pass)
         log.info("VAP reference video: %d packets but %d decoded frames; selecting again", total, decoded)
@@ -310,7 +327,8 @@ def load_reference_video(source: Source, num_frames: int = 49, width: int = 832,
         total = decoded
         indices = select_indices(total, num_frames, frame_selection, seed)
         kept.clear()
-        kept, decoded, fps = _decode_selected(source, set(indices), width, height, resize_mode, start_time, duration, stats)
+        kept, decoded, fps = _decode_selected(source, set(indices), width, height, resize_mode, start_time, duration,
+                                              stats, progress, total)
         missing = [i for i in indices if i not in kept]
         if missing:
             raise VAPInputError(
@@ -334,9 +352,10 @@ def probe_video(source: Source) -> tuple[int, float | None, tuple[int, int]]:
 
 def prepare_reference_images(images: torch.Tensor, num_frames: int = 49, width: int = 832, height: int = 480,
                              frame_selection: str = "evenly", resize_mode: str = "stretch", seed: int = 0,
-                             fps: float | None = None) -> ReferenceClip:
+                             fps: float | None = None, progress: Progress | None = None) -> ReferenceClip:
     """Same selection and resize on an IMAGE batch ``[T, H, W, C]`` (0..1). Frames that need resizing go
-    through 8-bit RGB and PIL Lanczos like the official pipeline; frames already at the size are kept as they are."""
+    through 8-bit RGB and PIL Lanczos like the official pipeline; frames already at the size are kept as they are.
+    ``progress``: see ``Progress`` (called per resized frame)."""
     check_settings(num_frames, width, height, frame_selection, resize_mode)
     if not isinstance(images, torch.Tensor):
         raise VAPInputError(f"images must be an IMAGE batch tensor [frames, height, width, channels], "
@@ -361,9 +380,12 @@ def prepare_reference_images(images: torch.Tensor, num_frames: int = 49, width: 
         stats.frames_kept = len(set(indices))
     else:
         done: dict[int, torch.Tensor] = {}
-        for i in dict.fromkeys(indices):
+        unique = list(dict.fromkeys(indices))
+        for i in unique:
             rgb = (images[i].to(torch.float32).clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
             done[i] = torch.from_numpy(_resize_uint8(rgb, width, height, resize_mode).copy())
+            if progress is not None:
+                progress(len(done), len(unique))
         frames = torch.stack([done[i] for i in indices]).float().div_(255.0)
         stats.frames_kept = len(done)
     stats.peak_kept = stats.frames_kept

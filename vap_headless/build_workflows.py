@@ -221,6 +221,46 @@ LONG_GROUPS = [
 ]
 
 
+# Reference guidance (docs/REFERENCE_GUIDANCE.md): the official settings with the VAP Reference Guider in place of the
+# plain CFG, so the reference video can be followed more strongly. reference_scale 0 would be the official run.
+REFERENCE_SCALE = 1.0
+
+
+def wan_vap_reference_graph() -> dict:
+    """wan_vap_official with SamplerCustomAdvanced + VAP Reference Guider (cfg 5, reference_scale 1) + euler +
+    BasicScheduler normal 50 steps: the same schedule as the official KSampler (euler/normal, shift 1)."""
+    s = OFFICIAL_SAMPLING
+    g = wan_vap_graph(lora=False)
+    del g["18"]  # the KSampler: SamplerCustomAdvanced under the same id keeps VAE Decode's link
+    g["25"] = _node("VAPReferenceGuider", "VAP Reference Guider", model=["4", 0], positive=["17", 0],
+                    negative=["17", 1], cfg=s["cfg"], reference_scale=REFERENCE_SCALE,
+                    negative_without_reference=False, dynamic_cfg=False, zero_terminal_snr=False)
+    g["26"] = _node("KSamplerSelect", "Sampler (euler)", sampler_name=s["sampler_name"])
+    g["27"] = _node("BasicScheduler", "Scheduler", model=["4", 0], scheduler=s["scheduler"], steps=s["steps"],
+                    denoise=1.0)
+    g["24"] = _node("RandomNoise", "Noise", noise_seed=SEED)
+    g["18"] = _node("SamplerCustomAdvanced", "Sampler", noise=["24", 0], guider=["25", 0], sampler=["26", 0],
+                    sigmas=["27", 0], latent_image=["17", 2])
+    g["30"]["inputs"]["images"] = ["19", 0]
+    g["31"]["inputs"]["filename_prefix"] = "video/VAP_reference_guided"
+    return g
+
+
+def cog_vap_reference_graph() -> dict:
+    """cog_vap_official with the VAP Reference Guider (dynamic cfg 6 as the official demo, reference_scale 1)
+    in place of the VAP Dynamic CFG Guider."""
+    s = COG_SAMPLING
+    g = cog_vap_graph()
+    del g["20"]
+    g["25"] = _node("VAPReferenceGuider", "VAP Reference Guider", model=["3", 0], positive=["17", 0],
+                    negative=["17", 1], cfg=s["cfg"], reference_scale=REFERENCE_SCALE,
+                    negative_without_reference=False, dynamic_cfg=s["dynamic"],
+                    zero_terminal_snr=s["zero_terminal_snr"])
+    g["18"]["inputs"]["guider"] = ["25", 0]
+    g["31"]["inputs"]["filename_prefix"] = "video/VAP_cogvideox_reference_guided"
+    return g
+
+
 # UI layout: column x, row y per node id (pixels), groups
 COLUMNS = {0: 0, 1: 460, 2: 920, 3: 1380, 4: 1800}
 COG_COLUMNS = {**COLUMNS, 4: 1900}  # the CogVideoX conditioning node is wider
@@ -254,11 +294,29 @@ COG_GROUPS = [
     ("Decode and save", "#444", ["19", "30", "31"]),
 ]
 
+WAN_REFERENCE_LAYOUT = {**{k: v for k, v in WAN_LAYOUT.items() if k != "18"},
+                        "25": (3, 420), "26": (3, 640), "27": (3, 740), "24": (3, 900), "18": (3, 1020)}
+WAN_REFERENCE_GROUPS = [
+    *WAN_GROUPS[:3],
+    ("Sample: VAP Reference Guider (cfg 5 + reference_scale), euler, 50 steps", "#a1309b",
+     ["17", "25", "26", "27", "24", "18"]),
+    WAN_GROUPS[4],
+]
+COG_REFERENCE_LAYOUT = {**{k: v for k, v in COG_LAYOUT.items() if k != "20"}, "25": (3, 520)}
+COG_REFERENCE_GROUPS = [
+    *COG_GROUPS[:3],
+    ("Sample: VAP Reference Guider (dynamic CFG 6 + reference_scale), DDIM, 50 trailing steps", "#a1309b",
+     ["17", "25", "21", "22", "24", "18"]),
+    COG_GROUPS[4],
+]
+
 # name -> (graph builder, layout, groups, columns)
 WORKFLOWS = {
     "wan_vap_official": (lambda: wan_vap_graph(lora=False), WAN_LAYOUT, WAN_GROUPS, COLUMNS),
     "wan_vap_lora_upscale": (lambda: wan_vap_graph(lora=True), WAN_LAYOUT, WAN_GROUPS, COLUMNS),
     "cog_vap_official": (cog_vap_graph, COG_LAYOUT, COG_GROUPS, COG_COLUMNS),
+    "wan_vap_reference_guided": (wan_vap_reference_graph, WAN_REFERENCE_LAYOUT, WAN_REFERENCE_GROUPS, COLUMNS),
+    "cog_vap_reference_guided": (cog_vap_reference_graph, COG_REFERENCE_LAYOUT, COG_REFERENCE_GROUPS, COG_COLUMNS),
 }
 WORKFLOWS["wan_vap_long_video"] = (wan_vap_long_video_graph, {**WAN_LAYOUT, **LONG_LAYOUT_EXTRA}, LONG_GROUPS, COLUMNS)
 
@@ -319,7 +377,8 @@ def add_groups(ui: dict, api: dict, groups: list, pad: int = 20, title_height: i
                              "font_size": 24, "flags": {}})
 
 
-def write_ui(comfyui: str, out_dir: str = WORKFLOW_DIR) -> list[str]:
+def write_ui(comfyui: str, out_dir: str = WORKFLOW_DIR, names: list[str] | None = None) -> list[str]:
+    """The UI files of ``names`` (default: all workflows)."""
     from . import browser
     from . import client as comfy_headless
     from .demo import assets as e2e_assets
@@ -345,6 +404,8 @@ def write_ui(comfyui: str, out_dir: str = WORKFLOW_DIR) -> list[str]:
             b.goto(f"http://{server.address}/")
             b.wait_for("window.app && window.app.graph && window.LiteGraph", timeout=120)
             for name, (make, full_layout, groups, columns) in WORKFLOWS.items():
+                if names is not None and name not in names:
+                    continue
                 api = make()
                 models = {i: model_of(n) for i, n in api.items() if model_of(n)}
                 layout = {i: full_layout[i] for i in api}
@@ -364,13 +425,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--api-only", action="store_true", help="write only the API-format files")
     p.add_argument("--comfyui", help="ComfyUI checkout (default: COMFYUI_PATH, custom_nodes parent, ~/ComfyUI)")
+    p.add_argument("--only", nargs="+", choices=sorted(WORKFLOWS), metavar="NAME",
+                   help="write only these UI files (the API files are always all written)")
     args = p.parse_args(argv)
     for path in write_api():
         print("wrote", os.path.relpath(path, PACK_DIR))
     if not args.api_only:
         from .client import find_comfyui
         comfyui, _ = find_comfyui(args.comfyui)
-        for path in write_ui(comfyui):
+        for path in write_ui(comfyui, names=args.only):
             print("wrote", os.path.relpath(path, PACK_DIR))
 
 

@@ -12,7 +12,7 @@ import torch
 from . import mot as cog_mot
 from ..formats.checkpoint import COG
 from .expert import CogVAPExpert, expert_config, native_cogvideox
-from ..conds import REF_CONTEXT, REF_COUNT, REF_LATENT
+from ..conds import REF_CONTEXT, REF_COUNT, REF_LATENT, WITHOUT_REFERENCE
 from ..errors import VAPInputError, VAPModelMismatch
 from ..expert.context_windows import in_context_window
 from ..expert.patching import WRAPPER_KEY, ExpertWrapper, VAPExpert, attach, build_expert  # noqa: F401
@@ -35,6 +35,11 @@ class CogVAPWrapper(ExpertWrapper):
         """The innermost call of the DIFFUSION_MODEL chain: the MoT forward when the conds carry a reference, else
         the native ``original`` (the plain base)."""
         if kwargs.get(REF_LATENT) is None:
+            if kwargs.pop(WITHOUT_REFERENCE, None) is not None:
+                # the reference guider's pass without the reference: the official base alone (its RoPE), as
+                # outside the active range below, so cond and cond-without-reference differ by the reference only
+                return cog_mot.vap_forward(cog, self.expert_patcher_for(cog).model, x, timestep, context, None, None,
+                                           transformer_options if transformer_options is not None else {})
             return original(x, timestep, context, ofs, transformer_options, **kwargs)
         if kwargs.get(REF_CONTEXT) is None:
             raise VAPModelMismatch(f"the conditioning carries '{REF_LATENT}' but no '{REF_CONTEXT}' (the reference "

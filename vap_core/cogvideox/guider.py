@@ -1,14 +1,14 @@
 """The official CogVideoX VAP dynamic CFG (``dynamic_cfg``) as a ComfyUI guider for SamplerCustomAdvanced."""
 from __future__ import annotations
 
-import comfy.samplers
-
 from .dynamic_cfg import dynamic_guidance_scale
+from ..reference_guider import ReferenceGuider
 from .terminal_snr import terminal_to_infinity, with_zero_terminal_snr
 
 
-class DynamicCFGGuider(comfy.samplers.CFGGuider):
-    """``CFGGuider`` whose scale follows ``dynamic_guidance_scale`` (or stays fixed with ``dynamic=False``).
+class DynamicCFGGuider(ReferenceGuider):
+    """``CFGGuider`` whose scale follows ``dynamic_guidance_scale`` (or stays fixed with ``dynamic=False``), with
+    the optional reference guidance of ``ReferenceGuider`` (off by default: then exactly the official guidance).
 
     ``t`` is the model's discrete timestep of the current sigma (``model_sampling.timestep``), ``N`` the number of
     steps of the sigmas handed to the sampler. Guidance is applied by ComfyUI's ``sampling_function`` on the
@@ -17,9 +17,11 @@ class DynamicCFGGuider(comfy.samplers.CFGGuider):
 
     ``zero_terminal_snr``: the first step at alpha_bar(999) = 0 as the official scheduler (``terminal_snr``)."""
 
-    def __init__(self, model_patcher, dynamic: bool = True, zero_terminal_snr: bool = False):
+    def __init__(self, model_patcher, dynamic: bool = True, zero_terminal_snr: bool = False,
+                 reference_scale: float = 0.0, negative_without_reference: bool = False):
         self.zero_terminal_snr = bool(zero_terminal_snr)
-        super().__init__(with_zero_terminal_snr(model_patcher) if self.zero_terminal_snr else model_patcher)
+        super().__init__(with_zero_terminal_snr(model_patcher) if self.zero_terminal_snr else model_patcher,
+                         reference_scale, negative_without_reference)
         self.dynamic = dynamic
         self.steps = None
         self.scales: list[float] = []   # the scale used at each model call of the last run (for inspection)
@@ -37,9 +39,7 @@ class DynamicCFGGuider(comfy.samplers.CFGGuider):
         timestep = float(self.inner_model.model_sampling.timestep(sigma.reshape(-1)[:1]).item())
         return dynamic_guidance_scale(self.cfg, timestep, self.steps)
 
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
+    def guidance_scale(self, timestep) -> float:
         scale = self.scale_at(timestep)
         self.scales.append(scale)
-        return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative", None),
-                                                self.conds.get("positive", None), scale,
-                                                model_options=model_options, seed=seed)
+        return scale

@@ -11,7 +11,7 @@ import torch
 
 from . import mot as wan_mot
 from ..formats.checkpoint import WAN
-from ..conds import REF_CLIP, REF_CONTEXT, REF_LATENT
+from ..conds import REF_CLIP, REF_CONTEXT, REF_LATENT, WITHOUT_REFERENCE
 from ..errors import VAPModelMismatch
 from ..expert.patching import WRAPPER_KEY, ExpertWrapper, VAPExpert, attach, build_expert, schedule_fraction  # noqa: F401
 from .expert import WanVAPExpert
@@ -75,6 +75,7 @@ class WanVAPWrapper(ExpertWrapper):
                 **kwargs):
         """The innermost call of the DIFFUSION_MODEL chain: the MoT forward when the conds carry a reference and
         the expert is active at this step, else the native ``original`` (the plain base)."""
+        kwargs.pop(WITHOUT_REFERENCE, None)  # the reference guider's pass without the reference: the base as is
         if kwargs.get(REF_LATENT) is None or not self.active(transformer_options):
             return original(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
         if time_dim_concat is not None:
