@@ -3,7 +3,7 @@
     python bench/bench_wan.py [--attention sdpa|comfy-default] [--configs tiny,mid] [--repeats N]
 
 Implementations, all float32 on CPU with IDENTICAL random weights (one official-layout state dict from
-``vap_core.tiny_wan.official_wan_mot_state_dict``):
+``vap_headless.demo.tiny_wan.official_wan_mot_state_dict``):
   base      ComfyUI's native ``WanModel`` alone (the converted base, no reference).
   pack      the converted checkpoint through ComfyUI's loader + the pack's expert loader, ``apply_expert``,
             ``WanModel.forward`` with the VAP wrapper and ``transformer_options={"wrappers", "uuids"}`` so the
@@ -153,13 +153,15 @@ def official_class(src: str | None):
 
 # ---------------------------------------------------------------------------------------- model loading
 def model_config(name: str, pack) -> dict:
-    return {**pack.vap_core.tiny_wan.DEFAULT_CONFIG, **CONFIGS[name]["model"]}
+    from vap_headless.demo import tiny_wan  # on sys.path once setup_host ran
+    return {**tiny_wan.DEFAULT_CONFIG, **CONFIGS[name]["model"]}
 
 
 def prepare_checkpoint(pack, name: str, root: str) -> dict:
     """Official-layout random checkpoint on disk + the pack's conversion of it. Returns paths and config."""
     from wan_fixtures import write_official_folder
-    sd, cfg = pack.vap_core.tiny_wan.official_wan_mot_state_dict(model_config(name, pack), seed=0)
+    from vap_headless.demo import tiny_wan
+    sd, cfg = tiny_wan.official_wan_mot_state_dict(model_config(name, pack), seed=0)
     return common.convert_checkpoint(pack, sd, cfg, write_official_folder, root, name)
 
 
@@ -263,8 +265,8 @@ def memory_worker(opts):
     if opts.impl == "official":
         official_cls, _ = official_class(opts.official_src)
     inputs = make_inputs(info["config"], tuple(info["latent"]))
-    step, _ = make_step(opts.impl, pack, info, inputs, official_cls)
-    common.print_memory_result({**common.measure_peak(step), "backend": backend})
+    step, models = make_step(opts.impl, pack, info, inputs, official_cls)
+    common.print_memory_result({**common.measure_peak(step, resident=models), "backend": backend})
 
 
 def run_memory(impl, name, info, latent, opts):
