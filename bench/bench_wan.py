@@ -265,8 +265,8 @@ def memory_worker(opts):
     if opts.impl == "official":
         official_cls, _ = official_class(opts.official_src)
     inputs = make_inputs(info["config"], tuple(info["latent"]))
-    step, _ = make_step(opts.impl, pack, info, inputs, official_cls)
-    common.print_memory_result({**common.measure_peak(step), "backend": backend})
+    step, models = make_step(opts.impl, pack, info, inputs, official_cls)
+    common.print_memory_result({**common.measure_peak(step, resident=models), "backend": backend})
 
 
 def run_memory(impl, name, info, latent, opts):

@@ -88,7 +88,8 @@ def environment(backend: str, official: str, memory_method: str) -> dict:
 MEMORY_METHOD = ("peak RSS (VmHWM, reset via /proc/self/clear_refs) in a fresh subprocess per implementation "
                  "and config, glibc MALLOC_MMAP_THRESHOLD_=65536; 'peak step' = peak during the 2nd step "
                  "minus RSS after loading; 'first step' = same for the 1st step (pack: builds its "
-                 "reference cache where it has one); 'RSS loaded' = weights + runtime")
+                 "reference cache where it has one); 'RSS loaded' = weights + runtime, every weight page read "
+                 "first (memory-mapped weights count as loaded, not as step memory)")
 
 
 def environment_lines(env: dict) -> list[str]:
@@ -118,15 +119,48 @@ def _reset_peak():
         f.write("5")
 
 
-def measure_peak(step) -> dict:
+def make_resident(*objects) -> None:
+    """Read one byte of every 4 KiB page of every weight of ``objects`` (modules, ModelPatchers, VAPExperts,
+    tuples of them; None is skipped). Weights loaded from a memory-mapped safetensors file (the pack's expert)
+    only enter RSS when first read: without this the first step would count them as step memory, while the
+    official model, which copies its state dict, counts them in 'RSS loaded'."""
+    import torch
+    seen = set()
+
+    def modules(o):
+        if o is None:
+            return
+        if isinstance(o, (tuple, list)):
+            for x in o:
+                yield from modules(x)
+        elif isinstance(o, torch.nn.Module):
+            yield o
+        elif hasattr(o, "patcher"):  # VAPExpert
+            yield from modules(o.patcher)
+        else:  # ModelPatcher
+            yield from modules(getattr(o, "model", None))
+
+    total = 0
+    for m in modules(objects):
+        for t in list(m.parameters()) + list(m.buffers()):
+            if t.data_ptr() in seen or t.numel() == 0 or not t.is_contiguous():
+                continue
+            seen.add(t.data_ptr())
+            total += int(t.detach().reshape(-1).view(torch.uint8)[::4096].sum())
+    return total
+
+
+def measure_peak(step, resident=None) -> dict:
     """Peak RSS of two steps, in KiB, for a memory worker (a fresh process: one implementation, one config).
     VmHWM from /proc/self/status, reset through /proc/self/clear_refs right before each step; the parent
     (``run_memory``) sets glibc's MALLOC_MMAP_THRESHOLD_ so that every allocation >= 64 KiB is an mmap and
     freed tensors leave RSS at once (a peak is not hidden by memory kept from an earlier step).
       loaded  RSS after loading the weights and inputs (weights + runtime)
       first   peak RSS during the first step minus ``loaded`` (includes one-time work, e.g. a reference cache)
-      steady  peak RSS during the second step minus ``loaded``"""
+      steady  peak RSS during the second step minus ``loaded``
+    ``resident``: the models, made resident (``make_resident``) before ``loaded`` is read."""
     import torch
+    make_resident(resident)
     gc.collect()
     _reset_peak()
     loaded = _status_kib("VmRSS")

@@ -157,3 +157,18 @@ def test_sampler_path_reads_reference_from_conditioning(pack, tiny):
     plain = comfy.sample.sample(patched, noise, positive=cond(i["context"], None, with_ref=False),
                                 negative=cond(torch.zeros_like(i["context"]), None, with_ref=False), **kwargs)
     assert not torch.allclose(out, plain, atol=1e-4)
+
+
+@pytest.mark.parametrize("num_refs", [1, 2])
+def test_batched_cfg_equals_separate_calls(pack, tiny, num_refs):
+    """ComfyUI's default batched cond + uncond call gives, within float32 noise, what cond and uncond called one
+    by one give (ComfyUI's low-memory mode), with the CFG layout: same latent and reference video, texts differ."""
+    i = random_inputs(tiny["config"], num_refs=num_refs, seed=21)
+    for key in ("x", "ref_latent"):
+        i[key] = i[key][:1].expand_as(i[key]).clone()
+    patched = pack.vap_core.expert.loading.apply_expert(tiny["base"], tiny["expert"])
+    both = _run(pack, patched, i)
+    rows = [_run(pack, patched, {k: (v[b:b + 1] if torch.is_tensor(v) and v.shape[0] == 2 else v)
+                                 for k, v in i.items()}) for b in (0, 1)]
+    torch.testing.assert_close(both, torch.cat(rows), rtol=0, atol=1e-5)
+    assert not torch.allclose(rows[0], rows[1], atol=1e-3)  # the texts do act

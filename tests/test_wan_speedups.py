@@ -133,8 +133,10 @@ def test_unread_reference_work_is_skipped(pack, tiny):
     finally:
         for h in hooks:
             h.remove()
-    assert calls.get("first.k") == 3
-    assert calls.get("last.k") == 3
+    # cond and uncond differ here (target and reference rows): the self-attention walks them row by row, one
+    # reference k projection per row and step (a cache of the first block's keys would make it 0)
+    assert calls.get("first.k") == 3 * 2
+    assert calls.get("last.k") == 3 * 2
     assert not any(calls.get(n) for n in ("last.q", "last.o", "last.ffn", "last.cross"))
 
 
@@ -177,3 +179,49 @@ def test_cond_and_uncond_called_separately_share_the_reference_video_work(pack, 
     i["ref"][wa.REF_LATENT] = i["ref"][wa.REF_LATENT] + 1
     _call(patched, i, {"uuids": ["c2"]}, slice(0, 1))
     assert len(calls) == 1
+
+
+def _cfg_pair(pack, cfg):
+    """A batched CFG call as ComfyUI's sampler makes it: the same noisy latent, timestep, image and reference
+    video in both rows; only the texts (target and reference captions) differ."""
+    i = _inputs(pack, cfg, batch=2)
+    wa = pack.vap_core.wan.apply
+    for key in ("x", "clip"):
+        i[key] = i[key][:1].expand_as(i[key]).clone()
+    for key in (wa.REF_LATENT, wa.REF_CLIP):
+        i["ref"][key] = i["ref"][key][:1].expand_as(i["ref"][key]).clone()
+    return i
+
+
+def _batches_seen(module, run):
+    seen = []
+    hook = module.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    try:
+        result = run()
+    finally:
+        hook.remove()
+    return seen, result
+
+
+def test_batched_cfg_shares_the_first_self_attention_and_equals_separate_calls(pack, tiny):
+    """Rows that only differ by their texts share the first expert block's joint self-attention (computed once,
+    at batch 1); later expert blocks walk the rows one by one (batch-1 key/value buffers). The result equals
+    cond and uncond called separately, and the plain batch-2 path of an attn1_patch-carrying call."""
+    base, expert, cfg = tiny
+    patched = pack.vap_core.expert.loading.apply_expert(base, expert)
+    i = _cfg_pair(pack, cfg)
+    first, second = CONFIG["block_idx_with_mot_ref"]
+    wan = patched.model.diffusion_model
+    q_first, both = _batches_seen(wan.blocks[first].self_attn.q, lambda: _call(patched, i, {"uuids": ["c", "u"]}))
+    q_second, _ = _batches_seen(wan.blocks[second].self_attn.q, lambda: _call(patched, i, {"uuids": ["c", "u"]}))
+    assert q_first == [1]          # once for both rows
+    assert q_second == [1, 1]      # row by row
+    cond, uncond = _call(patched, i, {}, slice(0, 1)), _call(patched, i, {}, slice(1, 2))
+    torch.testing.assert_close(both, torch.cat([cond, uncond]), rtol=0, atol=1e-5)
+    assert not torch.allclose(cond, uncond, atol=1e-3)  # the texts do act: the rows are not trivially equal
+    # an attn1_patch may read the whole batch: then the rows go together, same result
+    seen = []
+    q_all, patched_out = _batches_seen(wan.blocks[first].self_attn.q, lambda: _call(
+        patched, i, {"patches": {"attn1_patch": [lambda a: seen.append(a["x"].shape[0]) or a["x"]]}}))
+    assert q_all == [2] and seen[0] == 2
+    torch.testing.assert_close(patched_out, both, rtol=0, atol=1e-5)

@@ -50,56 +50,120 @@ def reference_qkv(expert_block, r, e_ref, freqs_ref, with_query=True):
     return q, k, _heads_first(attn.v(rn), attn.num_heads, attn.head_dim)
 
 
+def _rows_equal(*tensors) -> bool:
+    """Whether every tensor's rows (dim 0) are identical (a batch-1 tensor trivially is)."""
+    return all(all(torch.equal(t[0], row) for row in t[1:]) for t in tensors)
+
+
+def attention_rows(x, e, r, transformer_options):
+    """How the joint self-attention of a block walks the batch: a list of row slices of ``x``.
+
+    - ``[0:1]`` when every row carries the same target tokens, modulation and reference (ComfyUI's batched CFG
+      in an expert block 0: cond and uncond only differ by their texts, which enter after the self-attention):
+      the self-attention of both streams runs once and is broadcast, as it gives the same rows.
+    - one slice per row otherwise: the joint key/value buffers hold one row at a time (the memory of a
+      batch-1 call, the same arithmetic).
+    - all rows at once when an ``attn1_patch`` or an attention override is installed: those may read the whole
+      batch (e.g. by ``cond_or_uncond``), so they get it as the host's own blocks give it."""
+    b = x.shape[0]
+    if transformer_options.get("patches", {}).get("attn1_patch") or transformer_options.get("optimized_attention_override"):
+        return [slice(0, b)]
+    if b > 1 and _rows_equal(x, e, r):
+        return [slice(0, 1)]
+    return [slice(i, i + 1) for i in range(b)]
+
+
+def _rows(t, g):
+    """Rows ``g`` of ``t``, or ``t`` itself when it has batch 1 (shared by every row)."""
+    return t if t.shape[0] == 1 else t[g]
+
+
+def _gather(dest, rows, g, total):
+    """``rows`` put at rows ``g`` of a [total, ...] result (``rows`` itself when it is the whole result).
+    Assignment rather than ``out=``: sampling may run with autograd on, which ``out=`` refuses."""
+    if rows.shape[0] == total:
+        return rows
+    if dest is None:
+        dest = rows.new_empty((total,) + rows.shape[1:])
+    dest[g] = rows
+    return dest
+
+
 def joint_block(block, expert_block, x, r, e, e_ref, freqs, freqs_ref, context, context_img_len,
                 ref_context, ref_context_img_len, transformer_options, update_reference=True):
     """One MoT block: base ``block`` on target ``x``, ``expert_block`` on reference ``r``.
 
     The joint self-attention runs as two calls over the same joint keys/values (target queries, then
-    reference queries): the same softmax rows as one call, without a joint query or output buffer.
-    ``r`` may have batch 1 for a reference shared by cond and uncond. ``update_reference=False`` (the last expert block, whose reference output nothing reads)
-    skips the reference queries and everything after the attention for the reference."""
-    mx = _modulation(block, e)
-    attn = block.self_attn
+    reference queries): the same softmax rows as one call, without a joint query or output buffer. It walks the
+    batch as ``attention_rows`` says (rows shared by cond and uncond once, else row by row); cross-attention and
+    FFN run batched. ``r`` may have batch 1 for a reference shared by cond and uncond. ``update_reference=False``
+    (the last expert block, whose reference output nothing reads) skips the reference queries and everything
+    after the attention for the reference."""
     b, s = x.shape[:2]
-    x = x.contiguous()
-    xn = torch.addcmul(mx[0], block.norm1(x), 1 + mx[1])
-    qr, kr, vr = reference_qkv(expert_block, r.contiguous(), e_ref, freqs_ref, with_query=update_reference)
-    # joint keys/values filled stream by stream (one projection alive at a time, no torch.cat copies), heads
-    # first: attention kernels read them contiguously (CPU SDPA on [B, S, heads*D] views was measured ~15%
-    # slower, bench/README.md)
+    x, r = x.contiguous(), r.contiguous()
+    groups = attention_rows(x, e, r, transformer_options)
+    rows_out = groups[-1].stop  # 1 when the rows are shared, else b
+    mx = _modulation(block, e)
+    mr = _modulation(expert_block, e_ref)
+    attn, eattn = block.self_attn, expert_block.self_attn
     heads, head_dim = attn.num_heads, attn.head_dim
-    k_all = x.new_empty((b, heads, s + kr.shape[2], head_dim))
-    v_all = torch.empty_like(k_all)
-    k_all[:, :, s:] = kr
-    v_all[:, :, s:] = vr
-    del kr, vr
-    k_all[:, :, :s] = _rotated(attn.norm_k, attn.k, xn, freqs, heads, head_dim)
-    v_all[:, :, :s] = _heads_first(attn.v(xn), heads, head_dim)
-    q = _rotated(attn.norm_q, attn.q, xn, freqs, heads, head_dim).contiguous()
-    del xn
-    out = optimized_attention(q, k_all, v_all, heads=heads, skip_reshape=True, transformer_options=transformer_options)
     patches = transformer_options.get("patches", {})
-    for p in patches.get("attn1_patch", ()):
-        # as WanSelfAttention: the target's attention output, its rotated q and k [B, S, heads, D]
-        out = p({"x": out, "q": q.transpose(1, 2), "k": k_all[:, :, :s].transpose(1, 2),
-                 "transformer_options": transformer_options})
-    del q
-    x = torch.addcmul(x, attn.o(out), mx[2])
-    del out
-    if update_reference:
-        out_r = optimized_attention(qr.expand(b, -1, -1, -1).contiguous(), k_all, v_all, heads=heads,
-                                    skip_reshape=True, transformer_options=transformer_options)
-    del qr, k_all, v_all
-    x = x + block.cross_attn(block.norm3(x), context, context_img_len=context_img_len, transformer_options=transformer_options)
+    # a reference shared by every row (batch 1): its q/k/v once for all groups
+    ref_qkv = reference_qkv(expert_block, r, e_ref, freqs_ref, with_query=update_reference) if r.shape[0] == 1 else None
+    x_sa = r_sa = None  # both streams after the self-attention, filled group by group
+    for g in groups:
+        n = g.stop - g.start
+        if ref_qkv is None:
+            qr, kr, vr = reference_qkv(expert_block, _rows(r, g), e_ref, freqs_ref, with_query=update_reference)
+        else:
+            qr, kr, vr = ref_qkv
+            if g is groups[-1]:
+                ref_qkv = None  # freed with this group's references
+        xn = torch.addcmul(_rows(mx[0], g), block.norm1(x[g]), 1 + _rows(mx[1], g))
+        # joint keys/values filled stream by stream (one projection alive at a time, no torch.cat copies), heads
+        # first: attention kernels read them contiguously (CPU SDPA on [B, S, heads*D] views was measured ~15%
+        # slower, bench/README.md)
+        k_all = x.new_empty((n, heads, s + kr.shape[2], head_dim))
+        v_all = torch.empty_like(k_all)
+        k_all[:, :, s:] = kr
+        v_all[:, :, s:] = vr
+        del kr, vr
+        fg = _rows(freqs, g)
+        k_all[:, :, :s] = _rotated(attn.norm_k, attn.k, xn, fg, heads, head_dim)
+        v_all[:, :, :s] = _heads_first(attn.v(xn), heads, head_dim)
+        q = _rotated(attn.norm_q, attn.q, xn, fg, heads, head_dim).contiguous()
+        del xn
+        out = optimized_attention(q, k_all, v_all, heads=heads, skip_reshape=True, transformer_options=transformer_options)
+        for p in patches.get("attn1_patch", ()):
+            # as WanSelfAttention: the target's attention output, its rotated q and k [B, S, heads, D]
+            out = p({"x": out, "q": q.transpose(1, 2), "k": k_all[:, :, :s].transpose(1, 2),
+                     "transformer_options": transformer_options})
+        del q
+        x_sa = _gather(x_sa, torch.addcmul(x[g], attn.o(out), _rows(mx[2], g)), g, rows_out)
+        del out
+        if update_reference:
+            out_r = optimized_attention(qr.expand(n, -1, -1, -1).contiguous(), k_all, v_all, heads=heads,
+                                        skip_reshape=True, transformer_options=transformer_options)
+            del k_all, v_all
+            r_sa = _gather(r_sa, torch.addcmul(_rows(r, g), eattn.o(out_r), mr[2]), g, rows_out)
+            del out_r
+        else:
+            del k_all, v_all
+        del qr
+    del x
+    if rows_out < b:  # shared rows part ways at their texts
+        x_sa = x_sa.expand(b, -1, -1)
+    x = x_sa + block.cross_attn(block.norm3(x_sa), context, context_img_len=context_img_len,
+                                transformer_options=transformer_options)
+    del x_sa
     for p in patches.get("attn2_patch", ()):
         x = p({"x": x, "transformer_options": transformer_options})
     x = torch.addcmul(x, block.ffn(torch.addcmul(mx[3], block.norm2(x), 1 + mx[4])), mx[5])
     if not update_reference:
         return x, r
 
-    mr = _modulation(expert_block, e_ref)
-    r = torch.addcmul(r, expert_block.self_attn.o(out_r), mr[2])
-    del out_r
+    r = r_sa.expand(b, -1, -1) if r_sa.shape[0] < b else r_sa
+    del r_sa
     r = r + expert_block.cross_attn(expert_block.norm3(r), ref_context, context_img_len=ref_context_img_len,
                                     transformer_options=transformer_options)
     r = torch.addcmul(r, expert_block.ffn(torch.addcmul(mr[3], expert_block.norm2(r), 1 + mr[4])), mr[5])
@@ -159,7 +223,9 @@ def vap_forward(wan, expert, x, timestep, context, clip_fea, transformer_options
     x = wan.patch_embedding(x.float()).to(x.dtype)
     grid_sizes = x.shape[2:]
     transformer_options["grid_sizes"] = grid_sizes
-    x = x.flatten(2).transpose(1, 2)
+    # contiguous now, while nothing else is alive: the first block would copy it anyway (its norms and
+    # projections want rows) while the strided original is still referenced here
+    x = x.flatten(2).transpose(1, 2).contiguous()
     e, e0 = _time_projection(wan, timestep, x.dtype)
 
     context = wan.text_embedding(context)
@@ -194,6 +260,7 @@ def vap_forward(wan, expert, x, timestep, context, clip_fea, transformer_options
             args = {"img": x, "txt": context, "vec": e0, "pe": freqs, "transformer_options": transformer_options}
             replace = blocks_replace.get(("double_block", i))
             x = (joint_wrap(args) if replace is None else replace(args, {"original_block": joint_wrap}))["img"]
+            del args  # it holds this block's input: not kept alive through the next blocks
         elif ("double_block", i) in blocks_replace:
             def block_wrap(args, block=block):
                 return {"img": block(args["img"], context=args["txt"], e=args["vec"], freqs=args["pe"],
