@@ -164,3 +164,23 @@ class Report:
 def official_to_comfy(t: torch.Tensor) -> torch.Tensor:
     """[B, F, C, h, w] (official CogVideoX layout) -> [B, C, F, h, w] (ComfyUI's)."""
     return t.permute(0, 2, 1, 3, 4)
+
+
+_RUNS: dict[tuple, object] = {}
+
+
+def run_once(run_case, pack, case: str, tmp_path_factory):
+    """``run_case(pack, case, tmp)`` once per case and test module (the comparison and the perturbation tests
+    share one pipeline run)."""
+    key = (run_case.__module__, case)
+    if key not in _RUNS:
+        _RUNS[key] = run_case(pack, case, tmp_path_factory.mktemp(case_id(case)))
+    return _RUNS[key]
+
+
+def assert_perturbations_rejected(report, stage_names) -> None:
+    """Each named stage, moved slightly in a copy of the official outputs, makes the report fail on that stage."""
+    import pytest
+    for name in stage_names:
+        with pytest.raises(AssertionError, match=name.split(",")[0]):
+            report.perturbed(name).check()

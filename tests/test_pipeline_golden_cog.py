@@ -165,20 +165,11 @@ def run_case(pack, case, tmp_path):
     return report
 
 
-_RUNS = {}
-
-
-def _run(pack, case, tmp_path_factory):
-    if case not in _RUNS:
-        _RUNS[case] = run_case(pack, case, tmp_path_factory.mktemp(pg.case_id(case)))
-    return _RUNS[case]
-
-
 @pytest.mark.parametrize("case", pg.case_params("cog"), ids=pg.case_id)
 def test_pack_graph_matches_the_official_pipeline(pack, case, tmp_path_factory):
     if case is None:
         pytest.skip(pg.skip_reason(case))
-    report = _run(pack, case, tmp_path_factory)
+    report = pg.run_once(run_case, pack, case, tmp_path_factory)
     print(f"\n{pg.case_id(case)}:\n{report.summary()}")
     report.check()
 
@@ -188,7 +179,5 @@ def test_a_perturbed_case_is_rejected(pack, case, tmp_path_factory):
     """The comparison can fail: the same run checked against a copy of the case whose outputs moved slightly."""
     if case is None:
         pytest.skip(pg.skip_reason(case))
-    report = _run(pack, case, tmp_path_factory)
-    for name in ("final latents", "latents after step 0", "reference clip latents", "noise", "frames, official"):
-        with pytest.raises(AssertionError, match=name.split(",")[0]):
-            report.perturbed(name).check()
+    report = pg.run_once(run_case, pack, case, tmp_path_factory)
+    pg.assert_perturbations_rejected(report, ("final latents", "latents after step 0", "reference clip latents", "noise", "frames, official"))
