@@ -4,6 +4,9 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from . import paths
+from .cog_reference_conditioning import VAPCogConditioningFromReference
+from .reference_encode_nodes import VAPCogEncodeReference, VAPWanEncodeReference
+from .wan_reference_conditioning import VAPWanConditioningFromReference
 from .cog_conditioning import VAPCogConditioning
 from .cog_guidance import VAPDynamicCFGGuider
 from .expert_nodes import VAPApplyExpert, VAPExpertLoader
@@ -25,3 +28,9 @@ class VAPExtension(ComfyExtension):
 async def comfy_entrypoint() -> VAPExtension:
     paths.register_model_folder()
     return VAPExtension()
+
+
+# The encoded-reference nodes (a VAP_REFERENCE from 'Encode Reference', then 'Conditioning from Reference'); they
+# replace VAPWanConditioning / VAPCogConditioning, which stay registered (deprecated) for saved workflows
+NODE_LIST += [VAPWanEncodeReference, VAPWanConditioningFromReference, VAPCogEncodeReference,
+              VAPCogConditioningFromReference]

@@ -62,6 +62,9 @@ class VAPCogConditioning(io.ComfyNode):
                 io.Conditioning.Output(display_name="negative", tooltip="Target negative + start image + the references with the negative text."),
                 io.Latent.Output(display_name="latent", tooltip="Empty CogVideoX latent [batch, 16, (length-1)/4+1, height/8, width/8]."),
             ],
+            # replaced by the Encode Reference + VAPCogConditioningFromReference pair (same numbers, the reference
+            # encode cached apart from the prompts); kept so saved workflows load and run unchanged
+            is_deprecated=True,
         )
 
     @classmethod

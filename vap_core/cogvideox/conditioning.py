@@ -97,14 +97,16 @@ def fit_target(conditioning, name: str):
     return [[fit_text_states(states, name), d] for states, d in conditioning]
 
 
-def references(reference_frames, ref_positive, extra: list[tuple]) -> list[tuple]:
-    """[(frames, caption conditioning, label)] of the connected references, both halves of each checked."""
+def references(reference_frames, ref_positive, extra: list[tuple],
+               frames_input: str = "reference_frames") -> list[tuple]:
+    """[(frames, caption conditioning, label)] of the connected references, both halves of each checked
+    (``frames_input``: the name of the node's reference inputs, for the message)."""
     refs = [(reference_frames, ref_positive, "reference 1")]
     for i, (frames, caption) in enumerate(extra, start=2):
         if frames is None and caption is None:
             continue
         if frames is None or caption is None:
-            missing = f"reference_frames_{i}" if frames is None else f"ref_positive_{i}"
+            missing = f"{frames_input}_{i}" if frames is None else f"ref_positive_{i}"
             raise VAPInputError(f"reference {i} needs both its frames and its caption: connect {missing} too, or "
                                 f"disconnect both to use fewer references.")
         refs.append((frames, caption, f"reference {i}"))
@@ -152,9 +154,14 @@ def draws_for(latent_mode: str, seed: int, target_shape, references: int, device
 
 def encode(vae, frames: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
     """Unscaled VAE latents [1, 16, f, H/8, W/8] of IMAGE ``frames``: the posterior mean (``eps`` None) or the
-    official posterior sample ``mean + exp(0.5 * clamp(logvar, -30, 20)) * eps`` (diffusers
-    DiagonalGaussianDistribution), encoded in the official frame chunks."""
+    official posterior sample (``sample``), encoded in the official frame chunks."""
     mean, logvar = posterior(vae, frames)
+    return sample(mean, logvar, eps)
+
+
+def sample(mean: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
+    """``mean`` (``eps`` None) or the official posterior sample ``mean + exp(0.5 * clamp(logvar, -30, 20)) * eps``
+    (diffusers DiagonalGaussianDistribution)."""
     if eps is None:
         return mean
     if tuple(eps.shape) != tuple(mean.shape):
@@ -171,11 +178,31 @@ def pad_frames(latent: torch.Tensor, frames: int) -> torch.Tensor:
 
 @torch.no_grad()
 def reference_latents(vae, clips: list[torch.Tensor], draws: CogDraws | None) -> torch.Tensor:
-    """The references in model space, [1, 32, n*F, H/8, W/8]: per reference cat(clip latents, first-frame latents
-    zero-padded) on channels x0.7, references on frames. Official encode order: every clip, then every first frame
-    (``draws`` gives each its own eps)."""
-    latents = [encode(vae, frames, draws.clip_eps[i] if draws else None) for i, frames in enumerate(clips)]
-    firsts = [encode(vae, frames[:1], draws.first_eps[i] if draws else None) for i, frames in enumerate(clips)]
+    """The references in model space, [1, 32, n*F, H/8, W/8] (``latents_of_references``) of IMAGE clips already at
+    the target size."""
+    return latents_of_references([encode_posteriors(vae, frames) for frames in clips], draws)
+
+
+@torch.no_grad()
+def encode_posteriors(vae, frames: torch.Tensor):
+    """A ``CogReference``: the posteriors of the clip and of its first frame (the two VAE encodes of a reference;
+    deterministic, so the official order of the random draws is kept by ``latents_of_references`` alone)."""
+    from ..reference import CogReference
+    clip_mean, clip_logvar = posterior(vae, frames)
+    first_mean, first_logvar = posterior(vae, frames[:1])
+    return CogReference(clip_mean=clip_mean, clip_logvar=clip_logvar, first_mean=first_mean,
+                        first_logvar=first_logvar, frames=int(frames.shape[0]), width=int(frames.shape[2]),
+                        height=int(frames.shape[1]))
+
+
+def latents_of_references(references, draws: CogDraws | None) -> torch.Tensor:
+    """[1, 32, n*F, H/8, W/8]: per reference cat(clip latents, first-frame latents zero-padded) on channels x0.7,
+    references on frames. ``draws`` (the official stream) gives every clip, then every first frame, its own eps;
+    None: the posterior means."""
+    latents = [sample(r.clip_mean, r.clip_logvar, draws.clip_eps[i] if draws else None)
+               for i, r in enumerate(references)]
+    firsts = [sample(r.first_mean, r.first_logvar, draws.first_eps[i] if draws else None)
+              for i, r in enumerate(references)]
     return torch.cat([torch.cat([clip, pad_frames(first, clip.shape[2]).to(clip.device)], dim=1)
                       for clip, first in zip(latents, firsts)], dim=2) * latent_scale()
 
@@ -216,14 +243,60 @@ def negative_reference_context(ref_negative, n: int):
 def condition(positive, negative, vae, width, height, length, batch_size, start_image, refs,
               latent_mode="sample", seed=0, ref_negative=None, rng_device="cpu"):
     """(positive, negative, latent dict) for CogVideoX-I2V VAP. Call ``validate`` first."""
+    encoded = [encode_posteriors(vae, fit_reference_frames(frames, width, height)) for frames, _, _ in refs]
+    return condition_encoded(positive, negative, vae, width, height, length, batch_size, start_image,
+                             [(r, caption, label) for r, (_, caption, label) in zip(encoded, refs)],
+                             latent_mode, seed, ref_negative, rng_device)
+
+
+def condition_encoded(positive, negative, vae, width, height, length, batch_size, start_image, refs,
+                      latent_mode="sample", seed=0, ref_negative=None, rng_device="cpu"):
+    """``condition`` with the references already encoded: ``refs`` = [(CogReference, caption, label)]. Shared by
+    'VAP CogVideoX Conditioning' and 'VAP CogVideoX Conditioning from Reference' (the same numbers)."""
     n = len(refs)
     shape = latent_shape(batch_size, length, width, height)
     draws = draws_for(latent_mode, seed, shape, n, rng_device)
     image = image_latent(vae, start_image, width, height, draws)
-    ref_latent = reference_latents(vae, [fit_reference_frames(frames, width, height) for frames, _, _ in refs], draws)
+    ref_latent = latents_of_references([r for r, _, _ in refs], draws)
     pos_context = torch.cat([caption_states(caption, f"the caption of {label}") for _, caption, label in refs], dim=1)
     positive = attach(fit_target(positive, "the prompt"), image, ref_latent, n, lambda states: pos_context)
     negative = attach(fit_target(negative, "the negative prompt"), image, ref_latent, n,
                       negative_reference_context(ref_negative, n))
     samples = torch.zeros(shape, device=comfy.model_management.intermediate_device())
     return positive, negative, {"samples": samples}
+
+
+# ------------------------------------------------------------------- encoded reference (VAP_REFERENCE)
+
+@torch.no_grad()
+def encode_reference(vae, reference_frames: torch.Tensor):
+    """The ``VAP_REFERENCE`` of 'VAP CogVideoX Encode Reference': the posteriors at the clip's own size."""
+    check_vae(vae)
+    wan_conditioning.check_encode_frames(reference_frames, family="CogVideoX", trained="720x480")
+    return encode_posteriors(vae, reference_frames[..., :3])
+
+
+def encoded_references(reference, ref_positive, extra: list[tuple]) -> list[tuple]:
+    """[(CogReference, caption, label)] of the connected references; all of one size and length (the video's)."""
+    from ..reference import check_family
+    refs = references(reference, ref_positive, extra, frames_input="reference")
+    refs = [(check_family(r, "cogvideox", f"reference_{i + 1}" if i else "reference"), c, label)
+            for i, (r, c, label) in enumerate(refs)]
+    first = refs[0][0]
+    for r, _, label in refs[1:]:
+        if (r.frames, r.width, r.height) != (first.frames, first.width, first.height):
+            raise VAPInputError(
+                f"{label} is {r.frames} frames of {r.width}x{r.height} but reference 1 is {first.frames} frames of "
+                f"{first.width}x{first.height}: CogVideoX VAP needs every reference at the video's size and length. "
+                "Set the same num_frames, width and height on their 'Load VAP Reference Video' nodes.")
+    return refs
+
+
+def validate_encoded(positive, negative, vae, start_image, refs, latent_mode, ref_negative=None):
+    """Every user-fixable problem of 'VAP CogVideoX Conditioning from Reference' (``refs`` from
+    ``encoded_references``); the size and length are the references'."""
+    first = refs[0][0]
+    validate(positive, negative, vae, first.width, first.height, first.frames, start_image, [], latent_mode,
+             ref_negative)
+    for _, caption, label in refs:
+        caption_states(caption, f"the caption of {label}")

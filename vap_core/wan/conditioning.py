@@ -242,8 +242,15 @@ def add_wan_reference(positive, negative, ref_positive, vae, reference_frames, c
     (``negative_prompt_mot_ref``, by default the same string as the target negative): ``ref_negative``
     when given, else each negative entry's own text states."""
     frames = fit_reference_frames(reference_frames, width, height)
-    ref_latent = reference_latent(vae, frames)
-    ref_clip = reference_clip_features(clip_vision_reference)
+    return attach_wan_reference(positive, negative, ref_positive, reference_latent(vae, frames),
+                                reference_clip_features(clip_vision_reference), ref_negative)
+
+
+def attach_wan_reference(positive, negative, ref_positive, ref_latent: torch.Tensor, ref_clip: torch.Tensor,
+                         ref_negative=None):
+    """(positive, negative) carrying an encoded reference (``reference_latent``, ``reference_clip_features``) and
+    its captions: the part of ``add_wan_reference`` after the encode, shared with 'VAP Wan Conditioning from
+    Reference' so both nodes build the same conditioning."""
     pos_context = pad_text_states(single_text_states(ref_positive, "ref_positive"))
     if ref_negative is not None:
         neg_context = pad_text_states(single_text_states(ref_negative, "ref_negative"))
@@ -263,6 +270,65 @@ def validate(positive, negative, ref_positive, vae, width, height, length, refer
     check_reference_frames(reference_frames, length, shorter_ok=True)
     check_clip_vision(clip_vision_start_image, "clip_vision_start_image")
     check_clip_vision(clip_vision_reference, "clip_vision_reference")
+    check_no_reference(positive, "positive")
+    check_no_reference(negative, "negative")
+    single_text_states(ref_positive, "ref_positive")
+    if ref_negative is not None:
+        single_text_states(ref_negative, "ref_negative")
+
+
+# ------------------------------------------------------------------- encoded reference (VAP_REFERENCE)
+
+def check_encode_frames(frames: torch.Tensor, family: str = "Wan", trained: str = "832x480") -> None:
+    """The reference clip given to an encode node defines the video's size and (minimum) length: 4k+1 frames,
+    sides multiples of 16. The fix is on 'Load VAP Reference Video' (num_frames, width, height)."""
+    if frames is None:
+        raise VAPInputError("reference_frames is missing: connect the IMAGE output of 'Load VAP Reference Video'.")
+    if frames.ndim != 4 or frames.shape[-1] < 3:
+        raise VAPInputError(
+            f"reference_frames must be an IMAGE batch [frames, height, width, channels] (got shape "
+            f"{tuple(frames.shape)}): connect the IMAGE output of 'Load VAP Reference Video'.")
+    n, height, width = frames.shape[:3]
+    if width % SPATIAL_MULTIPLE or height % SPATIAL_MULTIPLE or (n - 1) % TEMPORAL_STRIDE:
+        lower = max(1, (n - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1)
+        raise VAPInputError(
+            f"the reference is {n} frames of {width}x{height}, but the video takes its size and length from it: "
+            f"{family} needs 4k+1 frames and sides that are multiples of 16. Set num_frames = {lower} (or "
+            f"{lower + TEMPORAL_STRIDE}) and width x height = {_round16(width)}x{_round16(height)} on 'Load VAP "
+            f"Reference Video' (VAP {family} was trained with 49 frames at {trained}).")
+
+
+@torch.no_grad()
+def encode_reference(vae, reference_frames: torch.Tensor, clip_vision_reference):
+    """The ``VAP_REFERENCE`` of 'VAP Wan Encode Reference': the reference at its own size (no resize)."""
+    from ..reference import WanReference
+    check_vae(vae)
+    check_encode_frames(reference_frames)
+    check_clip_vision(clip_vision_reference, "clip_vision_reference")
+    frames = reference_frames[..., :3]
+    n, height, width = frames.shape[:3]
+    return WanReference(latent=reference_latent(vae, frames), clip=reference_clip_features(clip_vision_reference),
+                        frames=int(n), width=int(width), height=int(height))
+
+
+def target_length(reference, extra_frames: int) -> int:
+    """The video's length: the reference's frames plus ``extra_frames`` (a multiple of 4, so still 4k+1)."""
+    if extra_frames < 0 or extra_frames % TEMPORAL_STRIDE:
+        lower = max(0, extra_frames // TEMPORAL_STRIDE * TEMPORAL_STRIDE)
+        raise VAPInputError(
+            f"extra_frames must be a multiple of 4 (got {extra_frames}): use {lower} or {lower + TEMPORAL_STRIDE} "
+            f"(the video is the reference's {reference.frames} frames plus extra_frames, and Wan needs 4k+1).")
+    return reference.frames + extra_frames
+
+
+def validate_from_reference(positive, negative, ref_positive, vae, reference, extra_frames: int,
+                            clip_vision_start_image, ref_negative=None) -> None:
+    """Every user-fixable problem of 'VAP Wan Conditioning from Reference'."""
+    from ..reference import check_family
+    check_family(reference, "wan")
+    check_vae(vae)
+    check_size(reference.width, reference.height, target_length(reference, extra_frames))
+    check_clip_vision(clip_vision_start_image, "clip_vision_start_image")
     check_no_reference(positive, "positive")
     check_no_reference(negative, "negative")
     single_text_states(ref_positive, "ref_positive")
