@@ -49,14 +49,14 @@ class VAPLoadReferenceVideo(io.ComfyNode):
                                        "is shorter). first: the first num_frames frames. random: a contiguous "
                                        "window of num_frames frames at a seeded random start."),
                 io.Int.Input("num_frames", default=49, min=1, max=1025, step=4,
-                             tooltip="Frames to use, 4k+1 (49 = official). Use the same length as the video you "
-                                     "generate."),
+                             tooltip="Frames to use, 4k+1 (49 = official). Through 'VAP ... Encode Reference' the "
+                                     "video gets this length (Wan: plus extra_frames)."),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16,
-                             tooltip="Width the frames are resized to; a multiple of 16. Use the width of the "
-                                     "video you generate (Wan 832, CogVideoX 720)."),
+                             tooltip="Width the frames are resized to; a multiple of 16 (Wan 832, CogVideoX 720). "
+                                     "Through 'VAP ... Encode Reference' the video gets this width."),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16,
-                             tooltip="Height the frames are resized to; a multiple of 16. Use the height of the "
-                                     "video you generate (480 for both official models)."),
+                             tooltip="Height the frames are resized to; a multiple of 16 (480 for both official "
+                                     "models). Through 'VAP ... Encode Reference' the video gets this height."),
                 io.Combo.Input("resize_mode", options=RESIZE_MODES, default="stretch",
                                tooltip="stretch: Lanczos resize to exactly width x height, ignoring the aspect "
                                        "ratio (the official method). center_crop: scale to cover width x height and "

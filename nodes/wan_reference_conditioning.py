@@ -28,7 +28,8 @@ class VAPWanConditioningFromReference(io.ComfyNode):
                 VAPReference.Input("reference", tooltip="The reference from 'VAP Wan Encode Reference'. The video "
                                    "to generate has its width and height."),
                 io.Image.Input("start_image", tooltip="First frame of the video to generate (as for "
-                               "WanImageToVideo; stretched to the reference's size)."),
+                               "WanImageToVideo), stretched to the reference's size with Lanczos like the official "
+                               "pipeline."),
                 io.ClipVisionOutput.Input("clip_vision_start_image",
                                           tooltip="'CLIP Vision Encode' (clip_vision_h, crop center) of the start image."),
                 io.Int.Input("extra_frames", default=0, min=0, max=MAX_FRAMES, step=4,
@@ -59,6 +60,7 @@ class VAPWanConditioningFromReference(io.ComfyNode):
                                    clip_vision_start_image, ref_negative=ref_negative)
         length = wc.target_length(reference, extra_frames)
         # the target: exactly what the native node builds (concat_latent_image, concat_mask, clip_vision_output)
+        start_image = wc.fit_start_images(start_image, reference.width, reference.height)
         target = WanImageToVideo.execute(positive, negative, vae, reference.width, reference.height, length,
                                          batch_size, start_image=start_image,
                                          clip_vision_output=clip_vision_start_image)

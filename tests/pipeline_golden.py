@@ -74,6 +74,14 @@ def node_inputs(workflow: dict, class_type: str) -> dict:
     return nodes[0]["inputs"]
 
 
+def conditioning_inputs(workflow: dict, *class_types: str) -> dict:
+    """The inputs of the workflow's one conditioning node, whichever of ``class_types`` it uses (the shipped
+    workflows moved from the one-node conditioning to Encode Reference + Conditioning from Reference)."""
+    nodes = [n for n in workflow.values() if n["class_type"] in class_types]
+    assert len(nodes) == 1, f"the shipped workflow has {len(nodes)} nodes of {class_types}"
+    return nodes[0]["inputs"]
+
+
 def cog_vae_file(case: str) -> str:
     """The case's CogVideoX VAE, regenerated from its recipe by the script beside it (cached in the temp dir,
     content hash verified by the script)."""
@@ -159,6 +167,26 @@ class Report:
         """Every stage within its tolerance; the message lists all stages (so one run shows where it drifts)."""
         bad = [s for s in self.stages if not s.max_abs() <= s.atol]
         assert not bad, (f"{', '.join(s.name for s in bad)} off the official pipeline:\n" + self.summary())
+
+
+def report_same_conditioning(report: Report, old, new) -> None:
+    """Stages "one-node conditioning = pair: ...": every tensor the deprecated one-node conditioning hands on (text
+    states, the target's concat_latent_image, every ``model_conds`` entry, the empty latent) equals the Encode
+    Reference + Conditioning from Reference pair's, bit for bit (tolerance 0)."""
+    report.add("one-node conditioning = pair: latent", old[2]["samples"], new[2]["samples"], 0, "same shape, zeros")
+    for row, name in ((0, "positive"), (1, "negative")):
+        assert len(old[row]) == len(new[row]) == 1
+        (s_old, d_old), (s_new, d_new) = old[row][0], new[row][0]
+        assert set(d_old) == set(d_new) and set(d_old["model_conds"]) == set(d_new["model_conds"])
+        report.add(f"one-node conditioning = pair: {name} text", s_old, s_new, 0, "same states")
+        for key in sorted(k for k, v in d_old.items() if isinstance(v, torch.Tensor)):  # concat_latent_image, ...
+            report.add(f"one-node conditioning = pair: {name} {key}", d_old[key], d_new[key], 0, "same target")
+        for key in sorted(d_old["model_conds"]):
+            a, b = d_old["model_conds"][key].cond, d_new["model_conds"][key].cond
+            if isinstance(a, torch.Tensor):
+                report.add(f"one-node conditioning = pair: {name} {key}", a, b, 0, "same encode, same draws")
+            else:
+                assert a == b, f"{name} {key}: {a} != {b}"
 
 
 def official_to_comfy(t: torch.Tensor) -> torch.Tensor:

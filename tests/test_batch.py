@@ -76,24 +76,38 @@ def test_missing_columns_are_named(tmp_path):
         batch.read_rows(str(path))
 
 
-def test_row_prompt_wires_extra_references_into_the_cog_node():
-    prompt = ch.load_api_workflow("cog_vap_official")
+@pytest.mark.parametrize("saved", [False, True], ids=["shipped", "saved_one_node"])
+def test_row_prompt_wires_extra_references_into_the_cog_node(saved):
+    """The shipped graph (Encode Reference + Conditioning from Reference: a loader and an encode node per reference)
+    and a graph saved with the one-node conditioning (a loader per reference)."""
+    import saved_workflows
+    prompt = saved_workflows.saved("cog_vap_official") if saved else ch.load_api_workflow("cog_vap_official")
+    pristine = json.loads(json.dumps(prompt))
     row = batch.Row(7, "t.mp4", "target caption", [("r1.mp4", "cap 1"), ("r2.mp4", "cap 2"), ("r3.mp4", "cap 3")])
     out = batch.row_prompt(prompt, row, "start.png", ["u1.mp4", "u2.mp4", "u3.mp4"], "vap_batch/row_0007")
-    cond = out[ch.nodes_of(out, "VAPCogConditioning")[0]]["inputs"]
+    (cid,) = ch.nodes_of(out, "VAPCogConditioning" if saved else "VAPCogConditioningFromReference")
+    cond = out[cid]["inputs"]
+
+    def loader_of(k):
+        if saved:
+            return cond["reference_frames" + (f"_{k}" if k > 1 else "")][0]
+        encode = out[cond["reference" + (f"_{k}" if k > 1 else "")][0]]
+        assert encode["class_type"] == "VAPCogEncodeReference"
+        return encode["inputs"]["reference_frames"][0]
     for k, video, caption in ((2, "u2.mp4", "cap 2"), (3, "u3.mp4", "cap 3")):
-        loader, text = out[cond[f"reference_frames_{k}"][0]], out[cond[f"ref_positive_{k}"][0]]
+        loader, text = out[loader_of(k)], out[cond[f"ref_positive_{k}"][0]]
         assert loader["class_type"] == "VAPLoadReferenceVideo" and loader["inputs"]["file"] == video
         assert text["class_type"] == "CLIPTextEncode" and text["inputs"]["text"] == caption
         # the copies keep the first reference's settings (frames, size, clip)
-        first = out[cond["reference_frames"][0]]["inputs"]
+        first = out[loader_of(1)]["inputs"]
         assert {k2: v for k2, v in loader["inputs"].items() if k2 != "file"} == \
                {k2: v for k2, v in first.items() if k2 != "file"}
-    assert out[cond["reference_frames"][0]]["inputs"]["file"] == "u1.mp4"
+    assert len({loader_of(k) for k in (1, 2, 3)}) == 3
+    assert out[loader_of(1)]["inputs"]["file"] == "u1.mp4"
     assert out[ch.node_by_title(out, "Prompt")]["inputs"]["text"] == "target caption"
     assert out[ch.node_by_title(out, "Reference caption")]["inputs"]["text"] == "cap 1"
     assert out[ch.nodes_of(out, "SaveVideo")[0]]["inputs"]["filename_prefix"] == "vap_batch/row_0007"
-    assert prompt == ch.load_api_workflow("cog_vap_official")  # the shared workflow is not modified
+    assert prompt == pristine  # the shared workflow is not modified
 
 
 def test_wan_rows_take_one_reference():

@@ -88,7 +88,7 @@ def wan_vae(pack):
 @pytest.fixture(scope="module")
 def wan_inputs(pack):
     return {"positive": _text(1, 512, WAN_DIM), "negative": _text(2, 512, WAN_DIM),
-            "ref_positive": _text(3, 512, WAN_DIM), "start_image": _frames(4, n=1, h=24, w=40),
+            "ref_positive": _text(3, 512, WAN_DIM), "start_image": _frames(4, n=1),
             "clip_vision_start_image": _clip(6)}
 
 
@@ -118,6 +118,18 @@ def test_wan_pair_equals_the_one_node_conditioning(pack, wan_vae, wan_inputs, re
     _same(list(old), list(new), "wan")
     assert old[2]["samples"].shape == (2, 16, (ref_frames + extra_frames - 1) // 4 + 1, H // 8, W // 8)
     assert pack.vap_core.conds.REF_LATENT in new[0][0][1]["model_conds"]
+
+
+def test_wan_start_image_is_stretched_like_core_image_scale(pack, wan_vae, wan_inputs):
+    """A start image of another size: the new node stretches it to the reference's size with Lanczos, as the
+    shipped one-node graphs did with core 'Upscale Image' (lanczos, crop disabled) in front of the old node."""
+    import nodes as core_nodes
+    image = _frames(9, n=1, h=24, w=40)
+    scaled = core_nodes.ImageScale().upscale(image, "lanczos", W, H, "disabled")[0]
+    frames, clip_ref = _frames(5), _clip(7, n=LENGTH)
+    old = _wan_old(pack, wan_vae, {**wan_inputs, "start_image": scaled}, frames, clip_ref, LENGTH)
+    new = _wan_new(pack, wan_vae, {**wan_inputs, "start_image": image}, frames, clip_ref)
+    _same(list(old), list(new), "wan")
 
 
 def test_wan_conditioning_from_reference_encodes_only_the_target(pack, wan_vae, wan_inputs):

@@ -214,3 +214,28 @@ def _small_png(src: str, dest: str, width: int = 1200) -> str:
         im.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(dest, optimize=True)
     return dest
 
+
+
+import saved_workflows  # noqa: E402
+
+
+@pytest.mark.parametrize("name", saved_workflows.NAMES)
+def test_workflow_saved_before_the_encoded_reference_nodes_loads(frontend, name):
+    """A graph saved with the one-node conditioning (VAPWanConditioning / VAPCogConditioning, now deprecated: the
+    workflows shipped before the encoded-reference nodes) loads with no missing node and no widget error, and the
+    frontend queues the run it was saved with (inputs added since then only add their defaults)."""
+    b, _ = frontend
+    wf, api = saved_workflows.saved(name, api=False), saved_workflows.saved(name)
+    assert {n["class_type"] for n in api.values()} & {"VAPWanConditioning", "VAPCogConditioning"}
+    b.exceptions.clear()
+    result = b.evaluate(f"({_CHECK_JS})({json.dumps(wf)}, {json.dumps('saved_' + name)})")
+    assert result["missing"] == [], f"node types the frontend does not know: {result['missing']}"
+    assert result["problems"] == [], "widget errors:\n" + "\n".join(result["problems"])
+    assert result["nodes"] == len(wf["nodes"]) and result["links"] == len(wf["links"])
+    assert "missing" not in result["text"].lower(), result["text"][:2000]
+    output = result["output"]
+    assert set(output) == set(api)
+    for k, node in api.items():
+        assert output[k]["class_type"] == node["class_type"]
+        assert {i: output[k]["inputs"].get(i) for i in node["inputs"]} == node["inputs"], (k, node["class_type"])
+    assert b.exceptions == [], f"page exceptions: {b.exceptions}"

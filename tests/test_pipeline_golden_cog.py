@@ -1,9 +1,10 @@
 """The official CogVideoX-I2V VAP pipeline end to end, stage by stage, against the pack's graph as a user builds it:
 ComfyUI's own VAE (the case's, regenerated from its recipe) and diffusion-model loading, base + expert from the
 case's official transformer folder through the pack's converter and loaders, 'Load VAP Reference Video' on the mp4,
-'VAP CogVideoX Conditioning' (latent_mode and settings of the shipped workflow) with the case's embeddings as the text
-conditioning, 'VAP Dynamic CFG Guider' + core VOIDSampler + BasicScheduler + 'VAP Official Noise' as in the shipped
-cog_vap_official workflow, SamplerCustomAdvanced, then VAE Decode (core) and the official-order decode.
+'VAP CogVideoX Encode Reference' per reference + 'VAP CogVideoX Conditioning from Reference' (latent_mode and settings
+of the shipped workflow) with the case's embeddings as the text conditioning (the deprecated one-node 'VAP CogVideoX
+Conditioning' checked to give the same tensors), 'VAP Dynamic CFG Guider' + core VOIDSampler + BasicScheduler +
+'VAP Official Noise' as in the shipped cog_vap_official workflow, SamplerCustomAdvanced, then VAE Decode (core) and the official-order decode.
 
 Each case folder of VAP_PIPELINE_GOLDEN_DIR whose call.json names the CogVideoX pipeline is one test; nothing about
 a case is written here. Tolerances (float32 on CPU) are below, each with its reason; the test prints every stage's
@@ -69,7 +70,8 @@ def run_case(pack, case, tmp_path):
     emb, cond, steps = pg.load(case, "embeddings"), pg.load(case, "conditioning"), pg.load(case, "steps")
     out_latents, out_frames = pg.load(case, "output_latents"), pg.load(case, "output_frames")
     workflow = pg.shipped_workflow(SHIPPED)
-    w_cond, w_guider = pg.node_inputs(workflow, "VAPCogConditioning"), pg.node_inputs(workflow, "VAPDynamicCFGGuider")
+    w_cond = pg.conditioning_inputs(workflow, "VAPCogConditioning", "VAPCogConditioningFromReference")
+    w_guider = pg.node_inputs(workflow, "VAPDynamicCFGGuider")
     w_sched, w_noise = pg.node_inputs(workflow, "BasicScheduler"), pg.node_inputs(workflow, "VAPOfficialNoise")
     w_ref = pg.node_inputs(workflow, "VAPLoadReferenceVideo")
     width, height, length, seed = call["width"], call["height"], call["num_frames"], call["seed"]
@@ -104,14 +106,23 @@ def run_case(pack, case, tmp_path):
     captions = [emb["prompt_embeds_mot_ref"][:, i * tokens:(i + 1) * tokens] for i in range(n_refs)]
     ref_negative = emb["negative_prompt_embeds_mot_ref"][:, :tokens]
     assert torch.equal(emb["negative_prompt_embeds_mot_ref"], ref_negative.repeat(1, n_refs, 1))
-    extra = {}
+    # the graph as built now: each reference through 'VAP CogVideoX Encode Reference', then 'VAP CogVideoX
+    # Conditioning from Reference' (size and length from the references, the official draws from the seed)
+    common = dict(positive=_conditioning(emb["prompt_embeds"]), negative=_conditioning(emb["negative_prompt_embeds"]),
+                  ref_positive=_conditioning(captions[0]), vae=vae, batch_size=w_cond["batch_size"],
+                  start_image=image, latent_mode=w_cond["latent_mode"], seed=seed,
+                  ref_negative=_conditioning(ref_negative))
+    encoded = [n.reference_encode_nodes.VAPCogEncodeReference.execute(vae, frames).args[0] for frames in refs]
+    extra, old_extra = {}, {}
     for i in range(1, n_refs):
-        extra[f"reference_frames_{i + 1}"], extra[f"ref_positive_{i + 1}"] = refs[i], _conditioning(captions[i])
-    positive, negative, latent = n.cog_conditioning.VAPCogConditioning.execute(
-        positive=_conditioning(emb["prompt_embeds"]), negative=_conditioning(emb["negative_prompt_embeds"]),
-        ref_positive=_conditioning(captions[0]), vae=vae, width=width, height=height, length=length,
-        batch_size=w_cond["batch_size"], start_image=image, reference_frames=refs[0],
-        latent_mode=w_cond["latent_mode"], seed=seed, ref_negative=_conditioning(ref_negative), **extra).args
+        extra[f"reference_{i + 1}"], extra[f"ref_positive_{i + 1}"] = encoded[i], _conditioning(captions[i])
+        old_extra[f"reference_frames_{i + 1}"], old_extra[f"ref_positive_{i + 1}"] = refs[i], _conditioning(captions[i])
+    positive, negative, latent = n.cog_reference_conditioning.VAPCogConditioningFromReference.execute(
+        **common, reference=encoded[0], **extra).args
+    # the deprecated one-node conditioning (saved workflows) builds the same numbers
+    old = n.cog_conditioning.VAPCogConditioning.execute(
+        **common, width=width, height=height, length=length, reference_frames=refs[0], **old_extra).args
+    pg.report_same_conditioning(report, old, (positive, negative, latent))
 
     ca = pack.vap_core.cogvideox.apply
     scale = base.model.latent_format.scale_factor
@@ -180,4 +191,5 @@ def test_a_perturbed_case_is_rejected(pack, case, tmp_path_factory):
     if case is None:
         pytest.skip(pg.skip_reason(case))
     report = pg.run_once(run_case, pack, case, tmp_path_factory)
-    pg.assert_perturbations_rejected(report, ("final latents", "latents after step 0", "reference clip latents", "noise", "frames, official"))
+    pg.assert_perturbations_rejected(report, ("final latents", "latents after step 0", "reference clip latents", "noise",
+                                              "frames, official", "one-node conditioning"))

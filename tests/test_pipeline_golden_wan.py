@@ -1,7 +1,9 @@
 """The official Wan2.1-I2V VAP pipeline end to end, stage by stage, against the pack's graph as a user builds it:
 ComfyUI's own VAE loading (the case's native-layout VAE), base + expert from the case's official transformer folder
-through the pack's converter and loaders, Load Image + ImageScale (Lanczos stretch), 'Load VAP Reference Video' on the
-mp4, 'VAP Wan Conditioning' with the case's embeddings as text and CLIP-vision conditioning, then ModelSamplingSD3 +
+through the pack's converter and loaders, Load Image, 'Load VAP Reference Video' on the
+mp4, 'VAP Wan Encode Reference' + 'VAP Wan Conditioning from Reference' with the case's embeddings as text and
+CLIP-vision conditioning (the deprecated one-node 'VAP Wan Conditioning' checked to give the same tensors), then
+ModelSamplingSD3 +
 KSampler with the settings of the shipped wan_vap_official workflow (the case's step count, guidance and seed) and
 VAE Decode. 'VAP Official Noise' (wan2.1) is checked to be KSampler's own noise.
 
@@ -61,8 +63,8 @@ def run_case(pack, case, tmp_path):
     inputs = pg.load(case, "transformer_inputs")
     workflow = pg.shipped_workflow(SHIPPED)
     w_sampler, w_shift = pg.node_inputs(workflow, "KSampler"), pg.node_inputs(workflow, "ModelSamplingSD3")
-    w_ref, w_cond = pg.node_inputs(workflow, "VAPLoadReferenceVideo"), pg.node_inputs(workflow, "VAPWanConditioning")
-    w_scale = next(n["inputs"] for n in workflow.values() if n["class_type"] == "ImageScale")
+    w_ref = pg.node_inputs(workflow, "VAPLoadReferenceVideo")
+    w_cond = pg.conditioning_inputs(workflow, "VAPWanConditioning", "VAPWanConditioningFromReference")
     width, height, length, seed = call["width"], call["height"], call["num_frames"], call["seed"]
     media = pg.call_json(case)["media"]
     videos = media.get("video_files") or [media["video_file"]]
@@ -78,21 +80,33 @@ def run_case(pack, case, tmp_path):
     model = recorder.attach(model)
 
     image = _load_image(os.path.join(case, "target_image.png"))
-    image = core_nodes.ImageScale().upscale(image, w_scale["upscale_method"], width, height, w_scale["crop"])[0]
+    # the node stretches the start image to the reference's size (Lanczos); the one-node graphs did it with core
+    # 'Upscale Image' (lanczos, crop disabled) in front
+    scaled = core_nodes.ImageScale().upscale(image, "lanczos", width, height, "disabled")[0]
     frames, _, first_frame = n.reference_nodes.VAPLoadReferenceVideo.execute(
         file=os.path.join(case, videos[0]), frame_selection=call["frames_selection"], num_frames=length, width=width,
         height=height, resize_mode=w_ref["resize_mode"], seed=w_ref["seed"]).args
-    report.add("start image pixels", image[0] * 2 - 1, cond["image_pixels"][0].movedim(0, -1), PIXELS, "Lanczos")
+    fitted = pack.vap_core.wan.conditioning.fit_start_images(image, width, height)
+    report.add("start image pixels", fitted[0] * 2 - 1, cond["image_pixels"][0].movedim(0, -1), PIXELS, "Lanczos")
     report.add("reference pixels", frames * 2 - 1, cond["ref_video_pixels"][0].movedim(0, -1), PIXELS,
                "frame selection + Lanczos (PyAV rgb24)")
 
-    positive, negative, latent = n.wan_conditioning.VAPWanConditioning.execute(
-        positive=_conditioning(emb["prompt_embeds"]), negative=_conditioning(emb["negative_prompt_embeds"]),
-        ref_positive=_conditioning(emb["prompt_embeds_mot_ref"]), vae=vae, width=width, height=height, length=length,
-        batch_size=w_cond["batch_size"], start_image=image, reference_frames=frames,
-        clip_vision_start_image=_clip_vision(emb["image_embeds"]),
-        clip_vision_reference=_clip_vision(emb["image_embeds_mot_ref"]),
-        ref_negative=_conditioning(emb["negative_prompt_embeds_mot_ref"])).args
+    # the graph as built now: 'VAP Wan Encode Reference', then 'VAP Wan Conditioning from Reference' (the size from
+    # the reference, as long as it: extra_frames 0)
+    common = dict(positive=_conditioning(emb["prompt_embeds"]), negative=_conditioning(emb["negative_prompt_embeds"]),
+                  ref_positive=_conditioning(emb["prompt_embeds_mot_ref"]), vae=vae,
+                  batch_size=w_cond["batch_size"], start_image=image,
+                  clip_vision_start_image=_clip_vision(emb["image_embeds"]),
+                  ref_negative=_conditioning(emb["negative_prompt_embeds_mot_ref"]))
+    clip_vision_reference = _clip_vision(emb["image_embeds_mot_ref"])
+    reference = n.reference_encode_nodes.VAPWanEncodeReference.execute(vae, frames, clip_vision_reference).args[0]
+    positive, negative, latent = n.wan_reference_conditioning.VAPWanConditioningFromReference.execute(
+        **common, reference=reference, extra_frames=0).args
+    # the deprecated one-node conditioning (saved workflows) builds the same numbers
+    old = n.wan_conditioning.VAPWanConditioning.execute(
+        **{**common, "start_image": scaled}, width=width, height=height, length=length, reference_frames=frames,
+        clip_vision_reference=clip_vision_reference).args
+    pg.report_same_conditioning(report, old, (positive, negative, latent))
 
     conds = pack.vap_core.conds
     d_pos, d_neg = positive[0][1], negative[0][1]
@@ -147,4 +161,5 @@ def test_a_perturbed_case_is_rejected(pack, case, tmp_path_factory):
     if case is None:
         pytest.skip(pg.skip_reason(case))
     report = pg.run_once(run_case, pack, case, tmp_path_factory)
-    pg.assert_perturbations_rejected(report, ("final latents", "latents after step 0", "reference input", "noise", "frames"))
+    pg.assert_perturbations_rejected(report, ("final latents", "latents after step 0", "reference input", "noise",
+                                              "frames", "one-node conditioning"))

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.server, pytest.mark.host]
 W, H, N = 64, 48, 9   # tiny size used for every run (e2e_assets.TINY_SIZE)
 SAMPLER = "18"        # KSampler node id in both shipped workflows
 REFERENCE = "12"      # VAPLoadReferenceVideo
-CONDITIONING = "17"   # VAPWanConditioning
+CONDITIONING = "17"   # VAPWanConditioningFromReference (VAPWanConditioning in graphs saved before it)
 
 
 def test_pack_and_stand_ins_are_loaded(server):
@@ -99,7 +99,8 @@ def test_long_video_workflow_samples_in_context_windows(server, tmp_path):
     windows of 2 latent frames over 3, and a whole video comes out."""
     prompt = e2e_server.tiny(server, "wan_vap_long_video")
     prompt[SAMPLER]["inputs"]["steps"] = 3
-    assert prompt[REFERENCE]["inputs"]["num_frames"] < prompt[CONDITIONING]["inputs"]["length"] == N
+    assert prompt[REFERENCE]["inputs"]["num_frames"] < server["ch"].shipped_size(prompt)[2] == N
+    assert prompt[CONDITIONING]["inputs"]["extra_frames"] > 0
     log_start = len(server["server"].log_text())
     result = e2e_server.run_ok(server, prompt)
     video = e2e_server.video(server, result, tmp_path)
@@ -131,10 +132,16 @@ def test_interrupt_stops_sampling_and_the_next_prompt_runs(server):
     e2e_server.run_ok(server, prompt)
 
 
-@pytest.mark.parametrize("case", ["corrupt_video", "frames_mismatch", "conditioning_width", "conditioning_length"])
+@pytest.mark.parametrize("case", ["corrupt_video", "extra_frames", "frames_mismatch",
+                                  "conditioning_width", "conditioning_length"])
 def test_bad_input_fails_clearly_and_the_server_keeps_serving(server, case, tmp_path):
+    """The shipped graph (Encode Reference + Conditioning from Reference), and the one-node conditioning of graphs
+    saved before it (its own width/height/length widgets: the last three cases)."""
+    import saved_workflows
     client = server["client"]
-    prompt = e2e_server.tiny(server, "wan_vap_official")
+    one_node = case in ("frames_mismatch", "conditioning_width", "conditioning_length")
+    prompt = (server["assets"].tiny_prompt(saved_workflows.saved("wan_vap_official")) if one_node
+              else e2e_server.tiny(server, "wan_vap_official"))
     prompt[SAMPLER]["inputs"].update(steps=2, seed=99)
     bad = copy.deepcopy(prompt)
     if case == "corrupt_video":
@@ -142,6 +149,9 @@ def test_bad_input_fails_clearly_and_the_server_keeps_serving(server, case, tmp_
             f.write(os.urandom(4096))
         bad[REFERENCE]["inputs"]["file"] = "corrupt.mp4"
         node, words = REFERENCE, ["corrupt.mp4", "damaged or not a video"]
+    elif case == "extra_frames":
+        bad[CONDITIONING]["inputs"]["extra_frames"] = 6
+        node, words = CONDITIONING, ["multiple of 4", "got 6", "use 4 or 8"]
     elif case == "frames_mismatch":
         # longer than the video (a shorter 4k+1 reference is taken whole: test_wan_conditioning.py)
         bad[REFERENCE]["inputs"]["num_frames"] = 13
@@ -186,7 +196,8 @@ def test_http_api_prompt_is_the_shipped_one_except_names_and_sizes(server):
         assert set(tiny) == set(shipped)
         for node_id, node in shipped.items():
             changed = {k for k in node["inputs"] if node["inputs"][k] != tiny[node_id]["inputs"][k]}
-            allowed = {"width", "height", "length", "num_frames", "image", "file", "unet_name", "expert_name",
+            allowed = {"width", "height", "length", "num_frames", "extra_frames", "image", "file", "unet_name",
+                       "expert_name",
                        "vae_name", "clip_name", "lora_name", "model_name",
                        "context_length", "context_overlap"}  # the long-video windows shrink with the video
             assert changed <= allowed, (node_id, changed - allowed)

@@ -21,13 +21,15 @@ WORKFLOW = "cog_vap_official"
 SAMPLER = "18"        # SamplerCustomAdvanced
 REFERENCE = "12"      # VAPLoadReferenceVideo
 CAPTION = "8"         # reference caption (CLIPTextEncode)
-CONDITIONING = "17"   # VAPCogConditioning
+CONDITIONING = "17"   # VAPCogConditioningFromReference
+ENCODE = "32"         # VAPCogEncodeReference
 STEPS = 50
 
 
 def test_cog_nodes_are_loaded(server):
     info = server["client"].object_info()
-    for node in ("VAPCogConditioning", "VAPDynamicCFGGuider", "VOIDSampler", "VAPTestTinyT5Loader"):
+    for node in ("VAPCogConditioning", "VAPCogEncodeReference", "VAPCogConditioningFromReference",
+                 "VAPDynamicCFGGuider", "VOIDSampler", "VAPTestTinyT5Loader"):
         assert node in info, f"{node} not registered; server log:\n{server['server'].log_tail()}"
 
 
@@ -60,33 +62,40 @@ def test_official_cog_workflow_one_reference(server, one_reference):
 
 def test_official_cog_workflow_two_references(server, one_reference, tmp_path):
     prompt = copy.deepcopy(one_reference["prompt"])
-    second_video, second_caption = "40", "41"
+    second_video, second_caption, second_encode = "40", "41", "42"
+    prompt[second_encode] = copy.deepcopy(prompt[ENCODE])
+    prompt[second_encode]["inputs"]["reference_frames"] = [second_video, 0]
     prompt[second_video] = copy.deepcopy(prompt[REFERENCE])
     prompt[second_video]["inputs"]["frame_selection"] = "first"   # another clip of the same file
     prompt[second_video]["_meta"]["title"] = "Reference video 2"
     prompt[second_caption] = copy.deepcopy(prompt[CAPTION])
     prompt[second_caption]["inputs"]["text"] = "A second reference: a square slides to the right."
     prompt[second_caption]["_meta"]["title"] = "Reference caption 2"
-    prompt[CONDITIONING]["inputs"].update(reference_frames_2=[second_video, 0], ref_positive_2=[second_caption, 0])
+    prompt[CONDITIONING]["inputs"].update(reference_2=[second_encode, 0], ref_positive_2=[second_caption, 0])
     result = e2e_server.run_ok(server, prompt)
     video = _check_video(server, result, tmp_path)
-    assert CONDITIONING in result.executed and SAMPLER in result.executed
+    assert CONDITIONING in result.executed and SAMPLER in result.executed and second_encode in result.executed
+    assert ENCODE in result.cached  # the first reference's encode is served from the one-reference run
     # same seeds, one more reference: a different video
     assert not np.array_equal(video["frames"], one_reference["video"]["frames"])
 
 
 @pytest.mark.parametrize("case", ["length", "wan_vae"])
 def test_bad_input_fails_clearly(server, case):
-    prompt = e2e_server.tiny(server, WORKFLOW)
+    """length: the one-node conditioning of a graph saved before the encoded-reference nodes; the others: the
+    shipped graph (a Wan VAE is refused by the first node that gets it, the reference's encode)."""
+    import saved_workflows
     if case == "length":
+        prompt = server["assets"].tiny_prompt(saved_workflows.saved(WORKFLOW))
         prompt[CONDITIONING]["inputs"]["length"] = 10
-        words = ["4k+1", "9 or 13"]
+        node, words = CONDITIONING, ["4k+1", "9 or 13"]
     else:
+        prompt = e2e_server.tiny(server, WORKFLOW)
         vae = next(k for k, n in prompt.items() if n["class_type"] == "VAELoader")
         prompt[vae]["inputs"]["vae_name"] = server["assets"].MODEL_FILES["vae"]   # the tiny Wan VAE
-        words = ["not the CogVideoX VAE", "Load VAE"]
+        node, words = ENCODE, ["not the CogVideoX VAE", "Load VAE"]
     result = server["client"].run(prompt, timeout=600)
-    assert result.status == "error" and result.error["node_id"] == CONDITIONING
+    assert result.status == "error" and result.error["node_id"] == node
     assert result.error["exception_type"].endswith("VAPInputError")
     for word in words:
         assert word in result.error["exception_message"], result.error["exception_message"]

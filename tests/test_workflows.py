@@ -26,6 +26,11 @@ def _load(name, api=True):
         return json.load(f)
 
 
+def ch_size(api):
+    from vap_headless import client as ch
+    return ch.shipped_size(api)
+
+
 def _by_title(api, title):
     (node,) = [n for n in api.values() if n["_meta"]["title"] == title]
     return node
@@ -63,14 +68,24 @@ WAN_NAMES = [n for n in NAMES if n.startswith("wan_")]
 @pytest.mark.parametrize("name", WAN_NAMES)
 def test_official_demo_settings(name):
     api = _load(name)
-    cond = _by_title(api, "VAP Wan Conditioning")["inputs"]
+    cond = _by_title(api, "VAP Wan Conditioning")
     ref = _by_title(api, "Reference video")["inputs"]
-    # the long-video workflow: a longer target in windows of the official 49 frames (test_long_video_workflow)
-    assert (cond["width"], cond["height"], cond["length"]) == (832, 480, 97 if name == "wan_vap_long_video" else 49)
+    # size and length in one place: the reference loader (+ extra_frames on the conditioning: the long-video workflow,
+    # a longer target in windows of the official 49 frames, test_long_video_workflow); the start image is stretched
+    # by the node itself (Lanczos, as the official pipeline), no resize node of its own
+    assert cond["class_type"] == "VAPWanConditioningFromReference"
+    assert cond["inputs"]["extra_frames"] == (48 if name == "wan_vap_long_video" else 0)
     assert (ref["width"], ref["height"], ref["num_frames"], ref["frame_selection"], ref["resize_mode"]) == \
         (832, 480, 49, "evenly", "stretch")
-    scale = _by_title(api, "Resize start image (Lanczos stretch)")["inputs"]
-    assert (scale["upscale_method"], scale["width"], scale["height"], scale["crop"]) == ("lanczos", 832, 480, "disabled")
+    assert cond["inputs"]["start_image"] == [next(k for k, n in api.items() if n["_meta"]["title"] == "Start image"), 0]
+    encode = _by_title(api, "Encode reference")
+    assert encode["class_type"] == "VAPWanEncodeReference"
+    assert cond["inputs"]["reference"] == [next(k for k, n in api.items() if n is encode), 0]
+    assert encode["inputs"]["reference_frames"] == \
+        [next(k for k, n in api.items() if n["_meta"]["title"] == "Reference video"), 0]
+    assert encode["inputs"]["clip_vision_reference"] == \
+        [next(k for k, n in api.items() if n["_meta"]["title"] == "CLIP Vision Encode (reference)"), 0]
+    cond = cond["inputs"]
     official_negative = bw.NEGATIVE
     assert official_negative.startswith("Bright tones, overexposed") and official_negative.endswith("walking backwards")
     assert _by_title(api, "Negative prompt")["inputs"]["text"] == official_negative
@@ -104,7 +119,7 @@ def test_long_video_workflow():
     assert _by_title(api, "KSampler")["inputs"]["model"] == [windows_id, 0]
     assert windows["context_length"] == 49 and 0 < windows["context_overlap"] < 49
     assert not windows["retain_first_frame"]  # core's default for Wan I2V: the start image stays in the first window
-    assert _by_title(api, "VAP Wan Conditioning")["inputs"]["length"] == 97
+    assert _by_title(api, "VAP Wan Conditioning")["inputs"]["extra_frames"] == 48
     assert _by_title(api, "Reference video")["inputs"]["num_frames"] == 49
     # otherwise the official graph: the same nodes and inputs
     for k, n in official.items():
@@ -118,11 +133,13 @@ def test_resize_long_video_keeps_windows_shorter_than_the_video():
     api = _load("wan_vap_long_video")
     tiny = ch.resize_workflow(api, 64, 48, 9)
     windows = next(n for n in tiny.values() if n["class_type"] == "WanContextWindowsManual")["inputs"]
-    assert _by_title(tiny, "VAP Wan Conditioning")["inputs"]["length"] == 9
+    assert _by_title(tiny, "VAP Wan Conditioning")["inputs"]["extra_frames"] == 4  # 5 reference frames + 4 = 9
     assert _by_title(tiny, "Reference video")["inputs"]["num_frames"] == 5
+    assert ch.shipped_size(tiny) == (64, 48, 9) and ch.shipped_size(api) == (832, 480, 97)
     assert (windows["context_length"], windows["context_overlap"]) == (5, 2)
     longer = ch.resize_workflow(api, 832, 480, 145)  # a longer video: the reference and windows stay at 49
     assert _by_title(longer, "Reference video")["inputs"]["num_frames"] == 49
+    assert _by_title(longer, "VAP Wan Conditioning")["inputs"]["extra_frames"] == 96
     assert next(n for n in longer.values() if n["class_type"] == "WanContextWindowsManual")["inputs"]["context_length"] == 49
 
 
@@ -174,9 +191,15 @@ def test_cog_official_demo_settings():
     """infer/cog_vap.py + the pipeline defaults (docs/OFFICIAL_MODEL.md#cogvideox-pipeline): 720x480, 49 frames evenly selected, 50 steps,
     guidance 6 with use_dynamic_cfg, the official negative for both branches, fps 16, posterior samples."""
     api = _load("cog_vap_official")
-    cond = _by_title(api, "VAP CogVideoX Conditioning")["inputs"]
+    cond = _by_title(api, "VAP CogVideoX Conditioning")
+    assert cond["class_type"] == "VAPCogConditioningFromReference"
+    encode = _by_title(api, "Encode reference")
+    assert encode["class_type"] == "VAPCogEncodeReference"
+    assert cond["inputs"]["reference"] == [next(k for k, n in api.items() if n is encode), 0]
+    cond = cond["inputs"]
     ref = _by_title(api, "Reference video")["inputs"]
-    assert (cond["width"], cond["height"], cond["length"], cond["latent_mode"]) == (720, 480, 49, "sample")
+    assert encode["inputs"]["reference_frames"] == [next(k for k, n in api.items() if n["_meta"]["title"] == "Reference video"), 0]
+    assert cond["latent_mode"] == "sample" and ch_size(api) == (720, 480, 49)
     assert (ref["width"], ref["height"], ref["num_frames"], ref["frame_selection"], ref["resize_mode"]) == \
         (720, 480, 49, "evenly", "stretch")
     assert _by_title(api, "Negative prompt")["inputs"]["text"] == bw.NEGATIVE
@@ -320,8 +343,9 @@ def test_resize_workflow_scales_sizes_only():
     from vap_headless import client as ch
     api = _load("wan_vap_lora_upscale")
     tiny = ch.resize_workflow(api, 64, 48, 9)
-    assert _by_title(tiny, "VAP Wan Conditioning")["inputs"]["width"] == 64
     assert _by_title(tiny, "Reference video")["inputs"]["num_frames"] == 9
+    assert (_by_title(tiny, "Reference video")["inputs"]["width"], ch.shipped_size(tiny)) == (64, (64, 48, 9))
+    assert _by_title(tiny, "VAP Wan Conditioning")["inputs"]["extra_frames"] == 0
     assert (_by_title(tiny, "Resize to 2x")["inputs"]["width"], _by_title(tiny, "Resize to 2x")["inputs"]["height"]) == (128, 96)
     assert _by_title(tiny, "KSampler")["inputs"] == _by_title(api, "KSampler")["inputs"]
 
@@ -329,6 +353,5 @@ def test_resize_workflow_scales_sizes_only():
 def test_resize_workflow_uses_each_workflows_own_size():
     from vap_headless import client as ch
     tiny = ch.resize_workflow(_load("cog_vap_official"), 64, 48, 9)
-    cond = _by_title(tiny, "VAP CogVideoX Conditioning")["inputs"]
-    assert (cond["width"], cond["height"], cond["length"]) == (64, 48, 9)
+    assert ch.shipped_size(tiny) == (64, 48, 9)
     assert _by_title(tiny, "Reference video")["inputs"]["num_frames"] == 9

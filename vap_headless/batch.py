@@ -199,25 +199,40 @@ def row_prompt(prompt: dict, row: Row, image: str, references: list[str], prefix
         if "filename_prefix" in node.get("inputs", {}):
             node["inputs"]["filename_prefix"] = prefix
     if len(references) > 1:
-        conditioning = ch.nodes_of(out, "VAPCogConditioning")
-        if not conditioning:
-            raise RowError(f"the row has {len(references)} references; only CogVideoX workflows take more than one "
-                           "(VAP CogVideoX Conditioning)")
-        cond = out[conditioning[0]]["inputs"]
-        loader, caption = cond["reference_frames"][0], cond["ref_positive"][0]
-        next_id = max(int(k) for k in out if k.isdigit()) + 1
-        for k, ((_, text), video) in enumerate(zip(row.references[1:], references[1:]), start=2):
-            new_loader, new_caption = str(next_id), str(next_id + 1)
-            next_id += 2
-            out[new_loader] = copy.deepcopy(out[loader])
-            out[new_loader]["inputs"]["file"] = video
-            out[new_loader].setdefault("_meta", {})["title"] = f"Reference video {k}"
-            out[new_caption] = copy.deepcopy(out[caption])
-            out[new_caption]["inputs"]["text"] = text
-            out[new_caption].setdefault("_meta", {})["title"] = f"Reference caption {k}"
-            cond[f"reference_frames_{k}"] = [new_loader, 0]
-            cond[f"ref_positive_{k}"] = [new_caption, 0]
+        _add_references(out, row, references)
     return out
+
+
+def _add_references(out: dict, row: Row, references: list[str]) -> None:
+    """References 2-3 of a CogVideoX row: copies of the first reference's loader (and Encode Reference node, where
+    the workflow has one) and caption node, wired into the conditioning node's reference_k / ref_positive_k."""
+    encoded = ch.nodes_of(out, "VAPCogConditioningFromReference")
+    conditioning = encoded or ch.nodes_of(out, "VAPCogConditioning")
+    if not conditioning:
+        raise RowError(f"the row has {len(references)} references; only CogVideoX workflows take more than one "
+                       "(VAP CogVideoX Conditioning from Reference)")
+    cond = out[conditioning[0]]["inputs"]
+    caption = cond["ref_positive"][0]
+    encode = cond["reference"][0] if encoded else None
+    loader = out[encode]["inputs"]["reference_frames"][0] if encoded else cond["reference_frames"][0]
+    next_id = max(int(k) for k in out if k.isdigit()) + 1
+    for k, ((_, text), video) in enumerate(zip(row.references[1:], references[1:]), start=2):
+        new_loader, new_caption, new_encode = str(next_id), str(next_id + 1), str(next_id + 2)
+        next_id += 3
+        out[new_loader] = copy.deepcopy(out[loader])
+        out[new_loader]["inputs"]["file"] = video
+        out[new_loader].setdefault("_meta", {})["title"] = f"Reference video {k}"
+        out[new_caption] = copy.deepcopy(out[caption])
+        out[new_caption]["inputs"]["text"] = text
+        out[new_caption].setdefault("_meta", {})["title"] = f"Reference caption {k}"
+        cond[f"ref_positive_{k}"] = [new_caption, 0]
+        if encoded:
+            out[new_encode] = copy.deepcopy(out[encode])
+            out[new_encode]["inputs"]["reference_frames"] = [new_loader, 0]
+            out[new_encode].setdefault("_meta", {})["title"] = f"Encode reference {k}"
+            cond[f"reference_{k}"] = [new_encode, 0]
+        else:
+            cond[f"reference_frames_{k}"] = [new_loader, 0]
 
 
 # ------------------------------------------------------------------------------------------ running

@@ -320,6 +320,59 @@ WORKFLOWS = {
 }
 WORKFLOWS["wan_vap_long_video"] = (wan_vap_long_video_graph, {**WAN_LAYOUT, **LONG_LAYOUT_EXTRA}, LONG_GROUPS, COLUMNS)
 
+# Since issue 10 every shipped graph encodes the reference in its own node ('VAP ... Encode Reference', node 32: ComfyUI
+# serves it from its cache when only a prompt changes) and takes the video's size and length from the reference: the
+# one-node conditioning (deprecated, still loaded for saved graphs) is swapped for the pair, under the same id and
+# title so every link and lookup stays, and the start image's own resize node goes (the node stretches it itself).
+ENCODE_ID = "32"
+
+
+def with_encoded_reference(g: dict) -> dict:
+    """The graph with its VAPWanConditioning / VAPCogConditioning replaced by Encode Reference + Conditioning from
+    Reference (same numbers: tests/test_encode_reference.py)."""
+    g = json.loads(json.dumps(g))
+    cid = next(k for k, n in g.items() if n["class_type"] in ("VAPWanConditioning", "VAPCogConditioning"))
+    cond = g[cid]
+    i = cond["inputs"]
+    loader = g[i["reference_frames"][0]]["inputs"]
+    assert (loader["width"], loader["height"]) == (i["width"], i["height"]) and loader["num_frames"] <= i["length"]
+    title = cond["_meta"]["title"]
+    if cond["class_type"] == "VAPWanConditioning":
+        start = i["start_image"]
+        if g[start[0]]["class_type"] == "ImageScale":  # 'Resize start image': the new node stretches it
+            resize = start[0]
+            start = g[resize]["inputs"]["image"]
+            del g[resize]
+        g[ENCODE_ID] = _node("VAPWanEncodeReference", "Encode reference", vae=i["vae"],
+                             reference_frames=i["reference_frames"], clip_vision_reference=i["clip_vision_reference"])
+        g[cid] = _node("VAPWanConditioningFromReference", title, positive=i["positive"], negative=i["negative"],
+                       ref_positive=i["ref_positive"], vae=i["vae"], reference=[ENCODE_ID, 0], start_image=start,
+                       clip_vision_start_image=i["clip_vision_start_image"],
+                       extra_frames=i["length"] - loader["num_frames"], batch_size=i["batch_size"],
+                       ref_negative=i["ref_negative"])
+    else:
+        assert loader["num_frames"] == i["length"]
+        g[ENCODE_ID] = _node("VAPCogEncodeReference", "Encode reference", vae=i["vae"],
+                             reference_frames=i["reference_frames"])
+        g[cid] = _node("VAPCogConditioningFromReference", title, positive=i["positive"], negative=i["negative"],
+                       ref_positive=i["ref_positive"], vae=i["vae"], reference=[ENCODE_ID, 0],
+                       start_image=i["start_image"], batch_size=i["batch_size"], latent_mode=i["latent_mode"],
+                       seed=i["seed"], ref_negative=i["ref_negative"])
+    return g
+
+
+def _encoded_reference_entry(entry):
+    """A WORKFLOWS entry whose graph goes through ``with_encoded_reference``; the encode node sits below the
+    reference's inputs (column 2) in their group."""
+    make, layout, groups, columns = entry
+    bottom_id, bottom = max(((k, y) for k, (col, y) in layout.items() if col == 2), key=lambda kv: kv[1])
+    bottom += 460 if bottom_id == "12" else 140  # below the reference loader's preview, or a small node
+    groups = [(t, c, ids + [ENCODE_ID] if "12" in ids else ids) for t, c, ids in groups]
+    return (lambda: with_encoded_reference(make()), {**layout, ENCODE_ID: (2, bottom)}, groups, columns)
+
+
+WORKFLOWS = {name: _encoded_reference_entry(entry) for name, entry in WORKFLOWS.items()}
+
 LOADERS = {"UNETLoader": "unet_name", "CLIPLoader": "clip_name", "CLIPVisionLoader": "clip_name",
            "VAELoader": "vae_name", "LoraLoaderModelOnly": "lora_name", "UpscaleModelLoader": "model_name"}
 

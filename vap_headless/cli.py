@@ -95,7 +95,9 @@ def apply_overrides(prompt: dict, args) -> dict:
     # conditioning's seed too, as the official pipeline draws the VAE samples and the noise from one seeded stream
     for class_type, seed_key, steps_key in (("KSampler", "seed", "steps"), ("RandomNoise", "noise_seed", None),
                                             ("VAPOfficialNoise", "noise_seed", None),
-                                            ("VAPCogConditioning", "seed", None), ("BasicScheduler", None, "steps")):
+                                            ("VAPCogConditioning", "seed", None),
+                                            ("VAPCogConditioningFromReference", "seed", None),
+                                            ("BasicScheduler", None, "steps")):
         for node in ch.nodes_of(prompt, class_type):
             if args.seed is not None and seed_key:
                 prompt[node]["inputs"][seed_key] = args.seed

@@ -463,16 +463,36 @@ def node_by_title(prompt: dict, title: str) -> str | None:
     return None
 
 
-CONDITIONING_NODES = ("VAPWanConditioning", "VAPCogConditioning")
+CONDITIONING_NODES = ("VAPWanConditioning", "VAPCogConditioning")  # one node: size and length widgets (deprecated)
+# Encode Reference + Conditioning from Reference: the size and length come from the reference loader
+REFERENCE_CONDITIONING_NODES = ("VAPWanConditioningFromReference", "VAPCogConditioningFromReference")
+
+
+def reference_loader(prompt: dict, conditioning: dict) -> str:
+    """The id of the 'Load VAP Reference Video' node behind a Conditioning from Reference node (through its
+    Encode Reference node)."""
+    encode = prompt.get(str((conditioning["inputs"].get("reference") or [None])[0]), {})
+    loader = str((encode.get("inputs", {}).get("reference_frames") or [None])[0])
+    if prompt.get(loader, {}).get("class_type") != "VAPLoadReferenceVideo":
+        raise HeadlessError("the workflow's VAP conditioning takes its reference from an Encode Reference node that "
+                            "is not fed by 'Load VAP Reference Video': the runner cannot tell the video's size.")
+    return loader
 
 
 def shipped_size(prompt: dict) -> tuple[int, int, int]:
-    """(width, height, length) of a workflow's VAP conditioning node (832x480x49 Wan, 720x480x49 CogVideoX)."""
+    """(width, height, length) of a workflow's video (832x480x49 Wan, 720x480x49 CogVideoX): the one-node
+    conditioning's widgets, or the reference loader's size and frames (+ extra_frames) behind a Conditioning from
+    Reference node."""
     for node in prompt.values():
         if node["class_type"] in CONDITIONING_NODES:
             i = node["inputs"]
             return i["width"], i["height"], i["length"]
-    raise HeadlessError("the workflow has no VAP conditioning node (VAPWanConditioning / VAPCogConditioning).")
+    for node in prompt.values():
+        if node["class_type"] in REFERENCE_CONDITIONING_NODES:
+            i = prompt[reference_loader(prompt, node)]["inputs"]
+            return i["width"], i["height"], i["num_frames"] + node["inputs"].get("extra_frames", 0)
+    raise HeadlessError("the workflow has no VAP conditioning node (VAPWanConditioningFromReference / "
+                        "VAPCogConditioningFromReference, or the older VAPWanConditioning / VAPCogConditioning).")
 
 
 def resize_workflow(prompt: dict, width: int, height: int, length: int) -> dict:
@@ -500,6 +520,9 @@ def resize_workflow(prompt: dict, width: int, height: int, length: int) -> dict:
                 inputs["context_length"] = _frames_4k1(inputs["context_length"] * shrink)
             if _is_count(inputs.get("context_overlap")):
                 inputs["context_overlap"] = int(round(inputs["context_overlap"] * shrink))
+    for node in out.values():  # the video = the (resized) reference + extra_frames: keep it at ``length``
+        if node["class_type"] in REFERENCE_CONDITIONING_NODES and _is_count(node["inputs"].get("extra_frames")):
+            node["inputs"]["extra_frames"] = max(0, length - out[reference_loader(out, node)]["inputs"]["num_frames"])
     return out
 
 

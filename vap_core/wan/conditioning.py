@@ -311,6 +311,15 @@ def encode_reference(vae, reference_frames: torch.Tensor, clip_vision_reference)
                         frames=int(n), width=int(width), height=int(height))
 
 
+def fit_start_images(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """The start image(s) at exactly width x height, Lanczos-stretched like the official pipeline (what an
+    'Upscale Image' lanczos/disabled node in front gives; an image already at that size is handed on as it is)."""
+    images = images[..., :3]
+    if images.shape[1] != height or images.shape[2] != width:
+        images = comfy.utils.common_upscale(images.movedim(-1, 1), width, height, "lanczos", "disabled").movedim(1, -1)
+    return images
+
+
 def target_length(reference, extra_frames: int) -> int:
     """The video's length: the reference's frames plus ``extra_frames`` (a multiple of 4, so still 4k+1)."""
     if extra_frames < 0 or extra_frames % TEMPORAL_STRIDE:

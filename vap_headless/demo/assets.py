@@ -80,7 +80,7 @@ LOADER_INPUTS = {
 }
 STANDIN_FOR = {"CLIPLoader": "VAPTestTinyUMT5Loader", "CLIPVisionLoader": "VAPTestTinyCLIPVisionLoader"}
 COG_STANDIN_FOR = {"CLIPLoader": "VAPTestTinyT5Loader"}
-COG_NODES = ("VAPCogConditioning",)  # a workflow holding one of these is a CogVideoX one
+COG_NODES = ("VAPCogConditioning", "VAPCogConditioningFromReference")  # a workflow holding one is a CogVideoX one
 
 
 def import_comfy(comfyui: str) -> None:
