@@ -16,8 +16,8 @@ Changes to the shipped graph, and only these:
 * CogVideoX: *Load Diffusion Model* -> ``VAPTestTinyCogUNETLoader`` (same inputs): core's loader cannot size a
   tiny base's learned positional table nor give a 2-head model the 5B's latent format (README item 8 of the cases);
   Wan's base goes through core *Load Diffusion Model* unchanged;
-* more references (CogVideoX): one more 'Load VAP Reference Video' and caption per reference, on the
-  conditioning node's reference_frames_N / ref_positive_N inputs;
+* more references (CogVideoX): one more 'Load VAP Reference Video', 'VAP CogVideoX Encode Reference' and caption
+  per reference, on the conditioning node's reference_N / ref_positive_N inputs;
 * + *Save Latent* on the sampler's output.
 Base and expert come from the case's official transformer folder through the pack's converter; VAEs through core
 *Load VAE* (the CogVideoX one regenerated from the case's recipe).
@@ -118,21 +118,26 @@ def golden_prompt(case, names: dict) -> dict:
     variant, cid = _variant(case), pg.case_id(case)
     call = pg.call_json(case)["pipeline_call"]
     prompt = copy.deepcopy(pg.shipped_workflow(golden_cog.SHIPPED if variant == "cog" else golden_wan.SHIPPED))
-    cond = _one(prompt, "VAPCogConditioning" if variant == "cog" else "VAPWanConditioning")
+    # the shipped graphs: Encode Reference -> Conditioning from Reference (size and length from the reference loader)
+    cond = _one(prompt, "VAPCogConditioningFromReference" if variant == "cog" else "VAPWanConditioningFromReference")
     c_in = prompt[cond]["inputs"]
+    encode = c_in["reference"][0]
     width, height, length = call["width"], call["height"], call["num_frames"]
+    assert c_in.get("extra_frames", 0) == 0  # the video is as long as the reference, as in the official call
 
-    # more references: copies of the shipped reference loader and caption encoder
-    ref_loader, caption = c_in["reference_frames"][0], c_in["ref_positive"][0]
+    # more references: copies of the shipped reference loader, its encode node and the caption encoder
+    ref_loader, caption = prompt[encode]["inputs"]["reference_frames"][0], c_in["ref_positive"][0]
     for i in range(2, len(names["videos"]) + 1):
         prompt[f"{ref_loader}_{i}"] = copy.deepcopy(prompt[ref_loader])
+        prompt[f"{encode}_{i}"] = copy.deepcopy(prompt[encode])
+        prompt[f"{encode}_{i}"]["inputs"]["reference_frames"] = [f"{ref_loader}_{i}", 0]
         prompt[f"{caption}_{i}"] = copy.deepcopy(prompt[caption])
-        c_in[f"reference_frames_{i}"], c_in[f"ref_positive_{i}"] = [f"{ref_loader}_{i}", 0], [f"{caption}_{i}", 0]
+        c_in[f"reference_{i}"], c_in[f"ref_positive_{i}"] = [f"{encode}_{i}", 0], [f"{caption}_{i}", 0]
 
-    # encoders -> the case's states
+    # encoders -> the case's states (the reference's CLIP vision feeds the Wan encode node)
     stand_in = {"CLIPTextEncode": "VAPTestLoadConditioning", "CLIPVisionEncode": "VAPTestLoadCLIPVisionOutput"}
     for key, file in names["texts"].items():
-        src = c_in[key][0]
+        src = (c_in if key in c_in else prompt[encode]["inputs"])[key][0]
         assert prompt[src]["class_type"] in stand_in, f"{key} of the conditioning is fed by {prompt[src]['class_type']}"
         prompt[src] = {"class_type": stand_in[prompt[src]["class_type"]], "inputs": {"file": file, "key": "states"},
                        "_meta": {"title": f"{prompt[src]['_meta']['title']} (case states)"}}
@@ -150,14 +155,11 @@ def golden_prompt(case, names: dict) -> dict:
     prompt[_one(prompt, "VAPExpertLoader")]["inputs"]["expert_name"] = names["expert"]
     prompt[_one(prompt, "VAELoader")]["inputs"]["vae_name"] = names["vae"]
     prompt[_one(prompt, "LoadImage")]["inputs"]["image"] = names["image"]
-    loaders = [c_in["reference_frames"][0]] + [c_in[f"reference_frames_{i}"][0] for i in range(2, len(names["videos"]) + 1)]
+    encodes = [encode] + [c_in[f"reference_{i}"][0] for i in range(2, len(names["videos"]) + 1)]
+    loaders = [prompt[e]["inputs"]["reference_frames"][0] for e in encodes]
     for loader, video in zip(loaders, names["videos"]):
         prompt[loader]["inputs"].update(file=video, frame_selection=call["frames_selection"], num_frames=length,
                                         width=width, height=height)
-    for node in prompt.values():
-        if node["class_type"] == "ImageScale":
-            node["inputs"].update(width=width, height=height)
-    c_in.update(width=width, height=height, length=length)
     if variant == "cog":
         noise = _one(prompt, "VAPOfficialNoise")
         assert prompt[noise]["inputs"]["noise_seed"] == c_in["seed"], "shipped: one seed for noise and VAE samples"
