@@ -47,7 +47,7 @@ def test_workflow_templates_list_each_shipped_graph_once(server):
     client = server["client"]
     listed = client.get_json("/workflow_templates")["ComfyUI-VAP"]
     shipped = sorted(f[:-5] for f in os.listdir(os.path.join(PACK, "workflows")) if f.endswith(".json"))
-    assert sorted(listed) == shipped and len(listed) == len(set(listed)) == 4
+    assert sorted(listed) == shipped and len(listed) == len(set(listed)) == 6
     assert not [n for n in listed if n.endswith(".api")]
     ui = client.get_json("/api/workflow_templates/ComfyUI-VAP/wan_vap_official.json")
     assert "nodes" in ui and "links" in ui   # the drag-and-drop format

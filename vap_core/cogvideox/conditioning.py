@@ -16,6 +16,11 @@ generator, as the official call with ``generator=torch.Generator('cpu').manual_s
 numbers; the noise numbers in between are left to the sampler's noise node ('VAP Official Noise' with the same
 seed gives them), so the whole graph reproduces the official random numbers exactly. ``"mode"`` uses the posterior
 mean (deterministic). Every encode runs in the official frame chunks (``vae_official``), not VAE Encode's.
+
+Two routes share this code: 'VAP CogVideoX Encode Reference' stores each reference's posteriors
+(``encode_posteriors``, a ``vap_core.reference.CogReference``) and 'VAP CogVideoX Conditioning from Reference'
+samples them here (``condition_encoded``); the deprecated one-node 'VAP CogVideoX Conditioning' does both
+(``condition``). The draws happen in one place, so both give the same numbers.
 """
 from __future__ import annotations
 
