@@ -212,3 +212,16 @@ def assert_perturbations_rejected(report, stage_names) -> None:
     for name in stage_names:
         with pytest.raises(AssertionError, match=name.split(",")[0]):
             report.perturbed(name).check()
+
+
+def conditioning(states: torch.Tensor) -> list:
+    """Stored text states as the CONDITIONING a text encode node gives."""
+    return [[states, {"pooled_output": None}]]
+
+
+def load_image(path: str) -> torch.Tensor:
+    """What core 'Load Image' gives for an RGB png (exif transpose, RGB, /255, [1, H, W, 3])."""
+    import numpy as np
+    from PIL import Image, ImageOps
+    image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    return torch.from_numpy(np.array(image).astype(np.float32) / 255.0)[None]

@@ -12,7 +12,6 @@ measured difference.
 """
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -36,10 +35,6 @@ FRAMES_CORE_DECODE = 5e-2       # core VAE Decode's rolling chunks differ from t
 SHIPPED = "cog_vap_official"
 
 
-def _conditioning(states):
-    return [[states, {"pooled_output": None}]]
-
-
 def _latent_format_for(case):
     """The latent format ComfyUI gives the real 5B (scaling 0.7): the case's VAE config says which one the official
     pipeline used (tiny models have too few heads for ComfyUI's detection to pick it, README item 8)."""
@@ -49,13 +44,6 @@ def _latent_format_for(case):
     fmt = comfy.latent_formats.CogVideoX1_5()
     assert fmt.scale_factor == scale, f"no ComfyUI CogVideoX latent format with scaling factor {scale}"
     return fmt
-
-
-def _load_image(path):
-    """What core 'Load Image' gives for an RGB png (exif transpose, RGB, /255, [1, H, W, 3])."""
-    from PIL import Image, ImageOps
-    image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
-    return torch.from_numpy(np.array(image).astype(np.float32) / 255.0)[None]
 
 
 def run_case(pack, case, tmp_path):
@@ -90,7 +78,7 @@ def run_case(pack, case, tmp_path):
     model = recorder.attach(model)
 
     # inputs as the user gives them: Load Image, the pack's reference loader on each mp4
-    image = _load_image(os.path.join(case, "target_image.png"))
+    image = pg.load_image(os.path.join(case, "target_image.png"))
     refs = [n.reference_nodes.VAPLoadReferenceVideo.execute(
         file=os.path.join(case, video), frame_selection=call["frames_selection"], num_frames=length, width=width,
         height=height, resize_mode=w_ref["resize_mode"], seed=w_ref["seed"]).args[0] for video in videos]
@@ -108,15 +96,15 @@ def run_case(pack, case, tmp_path):
     assert torch.equal(emb["negative_prompt_embeds_mot_ref"], ref_negative.repeat(1, n_refs, 1))
     # the graph as built now: each reference through 'VAP CogVideoX Encode Reference', then 'VAP CogVideoX
     # Conditioning from Reference' (size and length from the references, the official draws from the seed)
-    common = dict(positive=_conditioning(emb["prompt_embeds"]), negative=_conditioning(emb["negative_prompt_embeds"]),
-                  ref_positive=_conditioning(captions[0]), vae=vae, batch_size=w_cond["batch_size"],
+    common = dict(positive=pg.conditioning(emb["prompt_embeds"]), negative=pg.conditioning(emb["negative_prompt_embeds"]),
+                  ref_positive=pg.conditioning(captions[0]), vae=vae, batch_size=w_cond["batch_size"],
                   start_image=image, latent_mode=w_cond["latent_mode"], seed=seed,
-                  ref_negative=_conditioning(ref_negative))
+                  ref_negative=pg.conditioning(ref_negative))
     encoded = [n.reference_encode_nodes.VAPCogEncodeReference.execute(vae, frames).args[0] for frames in refs]
     extra, old_extra = {}, {}
     for i in range(1, n_refs):
-        extra[f"reference_{i + 1}"], extra[f"ref_positive_{i + 1}"] = encoded[i], _conditioning(captions[i])
-        old_extra[f"reference_frames_{i + 1}"], old_extra[f"ref_positive_{i + 1}"] = refs[i], _conditioning(captions[i])
+        extra[f"reference_{i + 1}"], extra[f"ref_positive_{i + 1}"] = encoded[i], pg.conditioning(captions[i])
+        old_extra[f"reference_frames_{i + 1}"], old_extra[f"ref_positive_{i + 1}"] = refs[i], pg.conditioning(captions[i])
     positive, negative, latent = n.cog_reference_conditioning.VAPCogConditioningFromReference.execute(
         **common, reference=encoded[0], **extra).args
     # the deprecated one-node conditioning (saved workflows) builds the same numbers

@@ -12,9 +12,7 @@ is written here. Tolerances (float32 on CPU) are below, each with its reason.
 """
 import os
 
-import numpy as np
 import pytest
-import torch
 
 import pipeline_golden as pg
 
@@ -31,21 +29,11 @@ FRAMES = 1e-3          # decode of latents that agree to ~1e-4 (decoder 1e-6 on 
 SHIPPED = "wan_vap_official"
 
 
-def _conditioning(states):
-    return [[states, {"pooled_output": None}]]
-
-
 def _clip_vision(states):
     import comfy.clip_vision
     out = comfy.clip_vision.Output()
     out.penultimate_hidden_states = states
     return out
-
-
-def _load_image(path):
-    from PIL import Image, ImageOps
-    image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
-    return torch.from_numpy(np.array(image).astype(np.float32) / 255.0)[None]
 
 
 def run_case(pack, case, tmp_path):
@@ -79,7 +67,7 @@ def run_case(pack, case, tmp_path):
     recorder = pg.StepRecorder()
     model = recorder.attach(model)
 
-    image = _load_image(os.path.join(case, "target_image.png"))
+    image = pg.load_image(os.path.join(case, "target_image.png"))
     # the node stretches the start image to the reference's size (Lanczos); the one-node graphs did it with core
     # 'Upscale Image' (lanczos, crop disabled) in front
     scaled = core_nodes.ImageScale().upscale(image, "lanczos", width, height, "disabled")[0]
@@ -93,11 +81,11 @@ def run_case(pack, case, tmp_path):
 
     # the graph as built now: 'VAP Wan Encode Reference', then 'VAP Wan Conditioning from Reference' (the size from
     # the reference, as long as it: extra_frames 0)
-    common = dict(positive=_conditioning(emb["prompt_embeds"]), negative=_conditioning(emb["negative_prompt_embeds"]),
-                  ref_positive=_conditioning(emb["prompt_embeds_mot_ref"]), vae=vae,
+    common = dict(positive=pg.conditioning(emb["prompt_embeds"]), negative=pg.conditioning(emb["negative_prompt_embeds"]),
+                  ref_positive=pg.conditioning(emb["prompt_embeds_mot_ref"]), vae=vae,
                   batch_size=w_cond["batch_size"], start_image=image,
                   clip_vision_start_image=_clip_vision(emb["image_embeds"]),
-                  ref_negative=_conditioning(emb["negative_prompt_embeds_mot_ref"]))
+                  ref_negative=pg.conditioning(emb["negative_prompt_embeds_mot_ref"]))
     clip_vision_reference = _clip_vision(emb["image_embeds_mot_ref"])
     reference = n.reference_encode_nodes.VAPWanEncodeReference.execute(vae, frames, clip_vision_reference).args[0]
     positive, negative, latent = n.wan_reference_conditioning.VAPWanConditioningFromReference.execute(
